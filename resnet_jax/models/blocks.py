@@ -1,0 +1,226 @@
+"""Residual blocks: basic and bottleneck, post- and pre-activation, and their shortcuts.
+
+Blocks take `conv` and `norm` factories (functools.partial of nn.Conv / nn.BatchNorm) built once
+by the network, so dtype, BatchNorm mode and initialisers are decided in one place.
+
+Submodule names mirror torchvision (`conv1`, `bn1`, …, `downsample_conv`, `downsample_bn`):
+parameter names are part of the checkpoint format and make weight conversion a renaming.
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Callable[..., nn.Module]
+
+# How a block's input reaches its output when the shapes differ (and whether it does at all).
+#   conv: 1x1 convolution with the block's stride, then BN (torchvision, "option B").
+#   avg:  2x2 average pool when strided, then 1x1 convolution and BN (ResNet-D, Bag of Tricks).
+#   pad:  strided identity, extra channels zero-padded; no parameters (CIFAR "option A").
+#   none: no shortcut at all: the "plain" network of the degradation study.
+SHORTCUTS = ('conv', 'avg', 'pad', 'none')
+
+
+def _pad(n: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  # Explicit symmetric padding as torch's `padding=n`: 'SAME' pads (0, 1) for stride 2 on even
+  # inputs, which shifts every strided conv by one pixel against torchvision.
+  return ((n, n), (n, n))
+
+
+class Shortcut(nn.Module):
+  """Projects the block input to the block output's shape (identity when they already match)."""
+
+  features: int
+  strides: int
+  kind: str
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    if self.strides == 1 and x.shape[-1] == self.features:
+      return x
+    if self.kind == 'pad':
+      x = x[:, :: self.strides, :: self.strides, :]
+      extra = self.features - x.shape[-1]
+      # Zeros on both sides of the channel axis, as in the paper's CIFAR code: no parameters.
+      return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+    strides = self.strides
+    if self.kind == 'avg':
+      if strides > 1:
+        # ceil_mode + count_include_pad=False, as timm: odd inputs keep their last row/column.
+        h_extra, w_extra = x.shape[1] % strides, x.shape[2] % strides
+        x = nn.avg_pool(
+          x,
+          (strides, strides),
+          strides=(strides, strides),
+          padding=((0, h_extra and strides - h_extra), (0, w_extra and strides - w_extra)),
+          count_include_pad=False,
+        )
+      strides = 1
+    x = self.conv(self.features, (1, 1), strides=(strides, strides), name='downsample_conv')(x)
+    return self.norm(name='downsample_bn')(x)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions (ResNet-18/34, CIFAR ResNets); post-activation."""
+
+  planes: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable = nn.relu
+  shortcut: str = 'conv'
+  zero_init_last: bool = True
+  stride_in_1x1: bool = False  # No 1x1 convolution here: accepted so every block takes one table.
+  groups: int = 1
+  width_per_group: int = 64
+
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    if self.groups != 1 or self.width_per_group != 64:
+      raise ValueError(
+        f'BasicBlock got groups={self.groups}, width_per_group={self.width_per_group}; '
+        'grouped/wide widths are defined for bottleneck blocks only (as in torchvision).'
+      )
+    s = (self.strides, self.strides)
+    y = self.conv(self.planes, (3, 3), strides=s, padding=_pad(1), name='conv1')(x)
+    y = self.act(self.norm(name='bn1')(y))
+    y = self.conv(self.planes, (3, 3), padding=_pad(1), name='conv2')(y)
+    y = self.norm(name='bn2', scale_init=_last_scale_init(self.zero_init_last))(y)
+    if self.shortcut != 'none':
+      y = y + Shortcut(self.planes, self.strides, self.shortcut, self.conv, self.norm)(x)
+    return self.act(y)
+
+
+class Bottleneck(nn.Module):
+  """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand x4; post-activation.
+
+  `stride_in_1x1=False` strides the 3x3 convolution (ResNet v1.5 / "ResNet-B", torchvision);
+  True strides the first 1x1 (the original v1, Caffe and Keras).
+  """
+
+  planes: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable = nn.relu
+  shortcut: str = 'conv'
+  zero_init_last: bool = True
+  stride_in_1x1: bool = False
+  groups: int = 1
+  width_per_group: int = 64
+
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    # torchvision's width rule: ResNeXt-50 32x4d -> 128 at planes 64; Wide-50-2 -> 128 too.
+    width = int(self.planes * (self.width_per_group / 64.0)) * self.groups
+    s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+    y = self.conv(width, (1, 1), strides=(s1, s1), name='conv1')(x)
+    y = self.act(self.norm(name='bn1')(y))
+    y = self.conv(
+      width, (3, 3), strides=(s3, s3), padding=_pad(1), feature_group_count=self.groups,
+      name='conv2',
+    )(y)
+    y = self.act(self.norm(name='bn2')(y))
+    y = self.conv(self.planes * self.expansion, (1, 1), name='conv3')(y)
+    y = self.norm(name='bn3', scale_init=_last_scale_init(self.zero_init_last))(y)
+    if self.shortcut != 'none':
+      y = y + Shortcut(
+        self.planes * self.expansion, self.strides, self.shortcut, self.conv, self.norm
+      )(x)
+    return self.act(y)
+
+
+class PreActBasicBlock(nn.Module):
+  """Pre-activation basic block (He et al. 2016, "Identity Mappings"): BN-ReLU-conv twice.
+
+  The shortcut projection, when needed, reads the pre-activated input, as in the paper's code.
+  There is no BN at the end of the branch, so zero-initialisation does not apply.
+  """
+
+  planes: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable = nn.relu
+  shortcut: str = 'conv'
+  zero_init_last: bool = True
+  stride_in_1x1: bool = False
+  groups: int = 1
+  width_per_group: int = 64
+
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    pre = self.act(self.norm(name='bn1')(x))
+    s = (self.strides, self.strides)
+    y = self.conv(self.planes, (3, 3), strides=s, padding=_pad(1), name='conv1')(pre)
+    y = self.act(self.norm(name='bn2')(y))
+    y = self.conv(self.planes, (3, 3), padding=_pad(1), name='conv2')(y)
+    if self.shortcut == 'none':
+      return y
+    return y + _preact_shortcut(self, x, pre, self.planes)
+
+
+class PreActBottleneck(nn.Module):
+  """Pre-activation bottleneck: BN-ReLU-1x1, BN-ReLU-3x3 (strided), BN-ReLU-1x1 x4."""
+
+  planes: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable = nn.relu
+  shortcut: str = 'conv'
+  zero_init_last: bool = True
+  stride_in_1x1: bool = False
+  groups: int = 1
+  width_per_group: int = 64
+
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    width = int(self.planes * (self.width_per_group / 64.0)) * self.groups
+    s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+    pre = self.act(self.norm(name='bn1')(x))
+    y = self.conv(width, (1, 1), strides=(s1, s1), name='conv1')(pre)
+    y = self.act(self.norm(name='bn2')(y))
+    y = self.conv(
+      width, (3, 3), strides=(s3, s3), padding=_pad(1), feature_group_count=self.groups,
+      name='conv2',
+    )(y)
+    y = self.act(self.norm(name='bn3')(y))
+    y = self.conv(self.planes * self.expansion, (1, 1), name='conv3')(y)
+    if self.shortcut == 'none':
+      return y
+    return y + _preact_shortcut(self, x, pre, self.planes * self.expansion)
+
+
+def _preact_shortcut(block: nn.Module, x, pre, features: int) -> jnp.ndarray:
+  # Identity keeps the raw input (the clean identity path is the point of pre-activation);
+  # a projection reads the normalised input, so the first BN serves both paths.
+  if block.strides == 1 and x.shape[-1] == features:
+    return x
+  # A parameter-free shortcut has no BN to need, so it keeps the raw input too.
+  source = x if block.shortcut == 'pad' else pre
+  no_norm = lambda name=None, **_: (lambda y: y)  # noqa: E731  projections end in the next BN
+  return Shortcut(features, block.strides, block.shortcut, block.conv, no_norm)(source)
+
+
+def _last_scale_init(zero_init: bool):
+  # Zero scale on the branch's last BN makes every block start as the identity (Goyal et al.
+  # 2017); torchvision defaults to ones, so parity tests turn it off.
+  return nn.initializers.zeros if zero_init else nn.initializers.ones
+
+
+BLOCKS: dict[str, dict[bool, Any]] = {
+  'basic': {False: BasicBlock, True: PreActBasicBlock},
+  'bottleneck': {False: Bottleneck, True: PreActBottleneck},
+}

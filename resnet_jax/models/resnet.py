@@ -1,0 +1,145 @@
+"""The ResNet network: stem, residual stages, head. Every variant is a set of these fields.
+
+Layout is NHWC. Parameters are float32 (`param_dtype`); `dtype` is the compute dtype (bf16 for
+mixed precision: BatchNorm still reduces in float32 and the logits are returned in float32).
+
+BatchNorm carries no `axis_name`: under `jax.jit` with the batch sharded over a mesh, its
+statistics are computed over the global batch (XLA inserts the cross-device reduction), which
+is what pmap users got from SyncBN.
+"""
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from resnet_jax.models.blocks import _pad, BLOCKS, SHORTCUTS
+
+# torchvision's initialisation, so a fresh model here starts where a fresh torchvision one does:
+# Kaiming-normal (fan_out, ReLU gain) convolutions, and nn.Linear's U(-1/sqrt(fan_in), ...).
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+STEMS = ('imagenet', 'deep', 'cifar')
+POOLINGS = ('avg', 'max', None)
+
+
+def _dense_bias_init(fan_in: int):
+  bound = 1.0 / fan_in**0.5
+  return lambda key, shape, dtype=jnp.float32: nn.initializers.uniform(2 * bound)(
+    key, shape, dtype
+  ) - bound
+
+
+class ResNet(nn.Module):
+  """A residual network assembled from stage sizes, widths and a block type."""
+
+  stage_sizes: Sequence[int]  # Blocks per stage: (3, 4, 6, 3) is ResNet-50.
+  block: str = 'basic'  # 'basic' (two 3x3) or 'bottleneck' (1x1-3x3-1x1, x4 expansion).
+  preact: bool = False  # Pre-activation (v2) blocks and a final BN-ReLU.
+  stage_widths: Sequence[int] = (64, 128, 256, 512)  # Block "planes" per stage.
+  stem: str = 'imagenet'  # imagenet: 7x7/2 + maxpool; deep: three 3x3 + maxpool; cifar: one 3x3.
+  stem_width: int = 64  # Stem output channels ('deep' uses stem_width // 2 inside).
+  shortcut: str = 'conv'  # conv | avg (ResNet-D) | pad (CIFAR option A) | none (plain nets).
+  stride_in_1x1: bool = False  # Bottleneck stride on the first 1x1 (v1) instead of the 3x3 (v1.5).
+  groups: int = 1  # Grouped 3x3 convolution (ResNeXt cardinality).
+  width_per_group: int = 64  # Bottleneck width per group: 4 for 32x4d, 128 for Wide ResNet-50-2.
+  num_classes: int = 1000  # Classifier outputs.
+  include_top: bool = True  # Pool + classifier; False returns features (see `pooling`).
+  pooling: str | None = 'avg'  # Without the top: 'avg' | 'max' pooled vector, None = feature map.
+  zero_init_residual: bool = True  # Zero the last BN scale of each residual branch.
+  bn_momentum: float = 0.9  # Running-average decay: flax's 0.9 is torch's momentum=0.1.
+  bn_epsilon: float = 1e-5  # torchvision's epsilon.
+  dtype: Any = jnp.float32  # Compute dtype.
+  param_dtype: Any = jnp.float32  # Parameter dtype.
+
+  def _check(self) -> None:
+    if self.block not in BLOCKS:
+      raise ValueError(f'block={self.block!r}: expected one of {sorted(BLOCKS)}.')
+    if self.stem not in STEMS:
+      raise ValueError(f'stem={self.stem!r}: expected one of {STEMS}.')
+    if self.shortcut not in SHORTCUTS:
+      raise ValueError(f'shortcut={self.shortcut!r}: expected one of {SHORTCUTS}.')
+    if self.pooling not in POOLINGS:
+      raise ValueError(f'pooling={self.pooling!r}: expected one of {POOLINGS}.')
+    if len(self.stage_sizes) != len(self.stage_widths):
+      raise ValueError(
+        f'stage_sizes={tuple(self.stage_sizes)} and stage_widths={tuple(self.stage_widths)} '
+        'must have one entry per stage.'
+      )
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False, return_stages: bool = False):
+    """Logits [N, num_classes] (or features); with return_stages a dict of every stage too.
+
+    return_stages=True returns {'C<k>': stage output with stride 2**k, ..., 'output': ...}:
+    C2..C5 for the ImageNet networks (the FPN backbone convention), C0..C2 for CIFAR ones.
+    """
+    self._check()
+    conv = functools.partial(
+      nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
+    norm = functools.partial(
+      nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
+    )
+    x = jnp.asarray(x, self.dtype)
+    x = self._stem(x, conv, norm)
+    stride = 4 if self.stem != 'cifar' else 1
+    stages = {}
+    block_cls = BLOCKS[self.block][self.preact]
+    for i, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_widths)):
+      for j in range(num_blocks):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = block_cls(
+          planes=planes, strides=strides, conv=conv, norm=norm, shortcut=self.shortcut,
+          zero_init_last=self.zero_init_residual, stride_in_1x1=self.stride_in_1x1,
+          groups=self.groups, width_per_group=self.width_per_group, name=f'layer{i + 1}_{j}',
+        )(x)
+      stride *= 2 if i > 0 else 1
+      stages[f'C{stride.bit_length() - 1}'] = x
+    if self.preact:
+      # Pre-activation blocks end on a convolution: normalise once before the head.
+      x = nn.relu(norm(name='final_bn')(x))
+      stages[f'C{stride.bit_length() - 1}'] = x
+    out = self._head(x)
+    if return_stages:
+      return {**stages, 'output': out}
+    return out
+
+  def _stem(self, x, conv, norm):
+    if self.stem == 'cifar':
+      x = conv(self.stem_width, (3, 3), padding=_pad(1), name='conv1')(x)
+      return nn.relu(norm(name='bn1')(x))
+    if self.stem == 'deep':
+      # ResNet-C: three 3x3 convolutions replace the 7x7 at the same cost (Bag of Tricks, §4.2).
+      mid = self.stem_width // 2
+      x = conv(mid, (3, 3), strides=(2, 2), padding=_pad(1), name='stem_conv1')(x)
+      x = nn.relu(norm(name='stem_bn1')(x))
+      x = conv(mid, (3, 3), padding=_pad(1), name='stem_conv2')(x)
+      x = nn.relu(norm(name='stem_bn2')(x))
+      x = conv(self.stem_width, (3, 3), padding=_pad(1), name='conv1')(x)
+    else:
+      x = conv(self.stem_width, (7, 7), strides=(2, 2), padding=_pad(3), name='conv1')(x)
+    if not self.preact:
+      # Pre-activation nets normalise at the start of every block instead (as Keras' V2).
+      x = nn.relu(norm(name='bn1')(x))
+    # Max-pool pads with -inf, as torch's MaxPool2d(3, 2, padding=1).
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(1))
+
+  def _head(self, x):
+    pooling = self.pooling if not self.include_top else (self.pooling or 'avg')
+    if pooling == 'avg':
+      x = jnp.mean(x, axis=(1, 2))
+    elif pooling == 'max':
+      x = jnp.max(x, axis=(1, 2))
+    if not self.include_top:
+      return x
+    x = nn.Dense(
+      self.num_classes, kernel_init=dense_kernel_init, bias_init=_dense_bias_init(x.shape[-1]),
+      dtype=self.dtype, param_dtype=self.param_dtype, name='fc',
+    )(x)
+    return jnp.asarray(x, jnp.float32)
