@@ -12,25 +12,26 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- run ---------------------------------------------------------------------------------
   config.seed = 0  # One seed for init, data order, augmentation and dropout: same seed, same run.
-  config.batch_size = 128  # GLOBAL batch over all processes and devices; per-process = / process_count.
-  config.num_epochs = 10.0  # Training length in epochs of the train split; ignored if total_steps > 0.
+  config.batch_size = 128  # GLOBAL batch over all devices; per process: / process_count.
+  config.num_epochs = 10.0  # Length in epochs of the train split; unused if total_steps > 0.
   config.total_steps = -1  # Training length in steps; > 0 overrides num_epochs.
   config.log_every_steps = 50  # Metrics leave the device only this often (no per-step host sync).
   config.eval_every_steps = -1  # Evaluate every N steps; -1 = once per epoch, 0 = only at the end.
   config.half_precision = False  # bf16 compute (params and BatchNorm statistics stay fp32).
   config.init_checkpoint = ''  # Path to weights to start from when the workdir has no checkpoint.
+  config.distributed = False  # Multi-host: jax.distributed.initialize() (auto-detected).
 
   # ---- model -------------------------------------------------------------------------------
   config.model = ml_collections.ConfigDict()
   config.model.name = 'cifar_resnet20'  # Any name from resnet_jax.models.list_models().
   config.model.zero_init_residual = True  # Last BN scale of each residual branch starts at 0.
-  config.model.bn_momentum = 0.9  # Running-statistics decay (flax convention; torch's 0.1 == 0.9 here).
+  config.model.bn_momentum = 0.9  # Running-stats decay (flax convention: torch's 0.1 is 0.9 here).
   config.model.bn_epsilon = 1e-5  # BatchNorm epsilon (torchvision's value).
 
   # ---- data --------------------------------------------------------------------------------
   config.data = ml_collections.ConfigDict()
   config.data.name = 'digits'  # digits | fashion_mnist | fake | image_folder | any TFDS name.
-  config.data.dir = ''  # Data directory: TFDS data_dir, IDX folder, or ImageFolder root ('' = default).
+  config.data.dir = ''  # TFDS data_dir, IDX folder or ImageFolder root ('' = default).
   config.data.train_split = 'train'  # Split to train on.
   config.data.eval_split = 'test'  # Split to evaluate on, every example exactly once.
   config.data.image_size = 32  # Side of the square network input, in pixels.
@@ -40,25 +41,26 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.cutmix_alpha = 0.0  # CutMix Beta(alpha, alpha); 0 = off.
   config.data.num_workers = 0  # Decoding worker processes per host; 0 = in the main process.
   config.data.prefetch = 2  # Batches prepared ahead of the train step.
-  config.data.max_skip_fraction = 0.01  # Stop the run once this fraction of examples was undecodable.
+  config.data.max_skip_fraction = 0.01  # Stop once this fraction of examples was undecodable.
   config.data.fake_num_examples = 1024  # data.name == 'fake': examples per split.
   config.data.fake_num_classes = 10  # data.name == 'fake': number of classes.
 
   # ---- optimiser ---------------------------------------------------------------------------
   config.optim = ml_collections.ConfigDict()
-  config.optim.base_lr = 0.1  # Peak learning rate for a batch of lr_batch_base (linear scaling rule).
+  config.optim.base_lr = 0.1  # Peak LR for a batch of lr_batch_base (linear scaling rule).
   config.optim.lr_batch_base = 256  # LR = base_lr * batch_size / lr_batch_base (Goyal et al. 2017).
   config.optim.schedule = 'cosine'  # cosine | multistep | constant | onecycle.
   config.optim.warmup_epochs = 0.0  # Linear warm-up from warmup_init_lr, in epochs.
   config.optim.warmup_steps = 0  # Warm-up in steps; > 0 overrides warmup_epochs.
   config.optim.warmup_init_lr = 0.0  # LR at step 0 of the warm-up.
-  config.optim.decay_boundaries_epochs = ()  # multistep: epochs at which LR is multiplied by decay_factor.
-  config.optim.decay_boundaries_steps = ()  # multistep: the same in steps; overrides the epochs form.
+  config.optim.warmup_mode = 'linear'  # linear ramp | constant (hold warmup_init_lr: ResNet-110).
+  config.optim.decay_boundaries_epochs = ()  # multistep: epochs where LR *= decay_factor.
+  config.optim.decay_boundaries_steps = ()  # multistep: the same in steps; overrides epochs.
   config.optim.decay_factor = 0.1  # multistep: multiplier at each boundary.
   config.optim.momentum = 0.9  # SGD momentum; 0 = plain SGD.
   config.optim.nesterov = True  # Nesterov momentum.
   config.optim.weight_decay = 1e-4  # Weight-decay strength.
-  config.optim.weight_decay_mode = 'coupled'  # coupled (L2 in the gradient, as the paper) | decoupled.
+  config.optim.weight_decay_mode = 'coupled'  # coupled (L2 in the gradient, paper) | decoupled.
   config.optim.weight_decay_exclude = ('bias', 'scale')  # Leaf names exempt from decay ('' = none).
   config.optim.label_smoothing = 0.0  # Cross-entropy label smoothing.
   config.optim.grad_accum_steps = 1  # Micro-batches per update; batch_size is the effective batch.

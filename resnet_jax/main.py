@@ -1,0 +1,30 @@
+"""Train and evaluate: python -m resnet_jax.main --config=configs/r50.py --workdir=DIR.
+
+Override any field with --config.<field>=<value>, e.g. --config.optim.base_lr=0.2.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'configs/digits.py', 'Training configuration file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}; pass options as --flag=value.')
+  config = _CONFIG.value
+  # jax.distributed must start before anything asks jax about devices.
+  from resnet_jax import parallel
+  parallel.initialize_distributed(config.distributed)
+  import jax
+
+  from resnet_jax import config_validation, train
+  config_validation.validate_config(config, num_devices=jax.device_count())
+  train.train_and_evaluate(config, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
