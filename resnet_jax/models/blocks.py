@@ -28,39 +28,33 @@ def _pad(n: int) -> tuple[tuple[int, int], tuple[int, int]]:
   return ((n, n), (n, n))
 
 
-class Shortcut(nn.Module):
-  """Projects the block input to the block output's shape (identity when they already match)."""
+def shortcut(x: jnp.ndarray, features: int, strides: int, kind: str, conv, norm) -> jnp.ndarray:
+  """Projects a block's input to its output's shape (identity when they already match).
 
-  features: int
-  strides: int
-  kind: str
-  conv: ModuleDef
-  norm: ModuleDef
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    if self.strides == 1 and x.shape[-1] == self.features:
-      return x
-    if self.kind == 'pad':
-      x = x[:, :: self.strides, :: self.strides, :]
-      extra = self.features - x.shape[-1]
-      # Zeros on both sides of the channel axis, as in the paper's CIFAR code: no parameters.
-      return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
-    strides = self.strides
-    if self.kind == 'avg':
-      if strides > 1:
-        # ceil_mode + count_include_pad=False, as timm: odd inputs keep their last row/column.
-        h_extra, w_extra = x.shape[1] % strides, x.shape[2] % strides
-        x = nn.avg_pool(
-          x,
-          (strides, strides),
-          strides=(strides, strides),
-          padding=((0, h_extra and strides - h_extra), (0, w_extra and strides - w_extra)),
-          count_include_pad=False,
-        )
-      strides = 1
-    x = self.conv(self.features, (1, 1), strides=(strides, strides), name='downsample_conv')(x)
-    return self.norm(name='downsample_bn')(x)
+  Called inside a block's compact `__call__`, so its layers are named in the block's own scope
+  (`layer1_0/downsample_conv`), as torchvision's `layer1.0.downsample.0`.
+  """
+  if strides == 1 and x.shape[-1] == features:
+    return x
+  if kind == 'pad':
+    x = x[:, ::strides, ::strides, :]
+    extra = features - x.shape[-1]
+    # Zeros on both sides of the channel axis, as in the paper's CIFAR code: no parameters.
+    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+  if kind == 'avg':
+    if strides > 1:
+      # ceil_mode + count_include_pad=False, as timm: odd inputs keep their last row/column.
+      h_extra, w_extra = x.shape[1] % strides, x.shape[2] % strides
+      x = nn.avg_pool(
+        x,
+        (strides, strides),
+        strides=(strides, strides),
+        padding=((0, h_extra and strides - h_extra), (0, w_extra and strides - w_extra)),
+        count_include_pad=False,
+      )
+    strides = 1
+  x = conv(features, (1, 1), strides=(strides, strides), name='downsample_conv')(x)
+  return norm(name='downsample_bn')(x) if norm is not None else x
 
 
 class BasicBlock(nn.Module):
@@ -92,7 +86,7 @@ class BasicBlock(nn.Module):
     y = self.conv(self.planes, (3, 3), padding=_pad(1), name='conv2')(y)
     y = self.norm(name='bn2', scale_init=_last_scale_init(self.zero_init_last))(y)
     if self.shortcut != 'none':
-      y = y + Shortcut(self.planes, self.strides, self.shortcut, self.conv, self.norm)(x)
+      y = y + shortcut(x, self.planes, self.strides, self.shortcut, self.conv, self.norm)
     return self.act(y)
 
 
@@ -131,9 +125,9 @@ class Bottleneck(nn.Module):
     y = self.conv(self.planes * self.expansion, (1, 1), name='conv3')(y)
     y = self.norm(name='bn3', scale_init=_last_scale_init(self.zero_init_last))(y)
     if self.shortcut != 'none':
-      y = y + Shortcut(
-        self.planes * self.expansion, self.strides, self.shortcut, self.conv, self.norm
-      )(x)
+      y = y + shortcut(
+        x, self.planes * self.expansion, self.strides, self.shortcut, self.conv, self.norm
+      )
     return self.act(y)
 
 
@@ -208,10 +202,10 @@ def _preact_shortcut(block: nn.Module, x, pre, features: int) -> jnp.ndarray:
   # a projection reads the normalised input, so the first BN serves both paths.
   if block.strides == 1 and x.shape[-1] == features:
     return x
-  # A parameter-free shortcut has no BN to need, so it keeps the raw input too.
+  # A parameter-free shortcut has no BN to need, so it keeps the raw input too. Projections
+  # carry no BN of their own: the sum is normalised by the next block's first BN.
   source = x if block.shortcut == 'pad' else pre
-  no_norm = lambda name=None, **_: (lambda y: y)  # noqa: E731  projections end in the next BN
-  return Shortcut(features, block.strides, block.shortcut, block.conv, no_norm)(source)
+  return shortcut(source, features, block.strides, block.shortcut, block.conv, None)
 
 
 def _last_scale_init(zero_init: bool):
