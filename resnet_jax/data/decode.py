@@ -1,0 +1,82 @@
+"""Raw record image (encoded bytes or array, any mode or depth) -> PIL image in the dataset's mode.
+
+Anything that can be converted is converted; what cannot raises BadExample with the reason.
+"""
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+# Errors PIL raises for corrupt, truncated or unsupported files.
+_PIL_ERRORS = (OSError, ValueError, SyntaxError, TypeError, IndexError, EOFError,
+               Image.DecompressionBombError, Image.UnidentifiedImageError)
+
+
+class BadExample(Exception):
+  """An example that cannot be used; the message says why."""
+
+
+def target_mode(channels: int) -> str:
+  """PIL mode of the images a dataset with `channels` channels yields."""
+  return 'L' if channels == 1 else 'RGB'
+
+
+def open_image(data) -> Image.Image:
+  """Opens encoded bytes lazily (header only, so JPEG draft still applies) or wraps an array."""
+  if data is None:
+    raise BadExample('no image data')
+  if isinstance(data, (bytes, bytearray, memoryview)):
+    if len(data) == 0:
+      raise BadExample('empty file')
+    try:
+      with warnings.catch_warnings():
+        warnings.simplefilter('error', Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+    except (*_PIL_ERRORS, Image.DecompressionBombWarning) as e:
+      raise BadExample(f'undecodable image ({type(e).__name__}: {e})') from None
+  else:
+    img = _array_to_image(np.asarray(data))
+  if img.width == 0 or img.height == 0:
+    raise BadExample(f'zero-size image {img.width}x{img.height}')
+  return img
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+  """Any-depth array -> uint8 0..255 (16-bit scaled by 1/257, floats in 0..1 by 255)."""
+  if arr.dtype == np.uint8:
+    return arr
+  if arr.dtype == bool:
+    return arr.astype(np.uint8) * 255
+  if np.issubdtype(arr.dtype, np.floating):
+    arr = np.nan_to_num(arr)
+    scale = 255.0 if arr.size and arr.max() <= 1.0 else 1.0
+    return np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
+  if arr.dtype.itemsize > 1 and arr.size and arr.max() > 255:  # 16-bit data (or wider): rescale.
+    return np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
+  return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def _array_to_image(arr: np.ndarray) -> Image.Image:
+  if arr.ndim == 3 and arr.shape[-1] == 1:
+    arr = arr[..., 0]
+  if arr.size == 0 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (2, 3, 4)):
+    raise BadExample(f'unusable image array of shape {arr.shape}')
+  arr = _to_uint8(arr)
+  mode = 'L' if arr.ndim == 2 else {2: 'LA', 3: 'RGB', 4: 'RGBA'}[arr.shape[-1]]
+  return Image.fromarray(np.ascontiguousarray(arr), mode)
+
+
+def convert(img: Image.Image, channels: int) -> Image.Image:
+  """Decodes `img` and converts it to 'L' or 'RGB' (alpha dropped, CMYK/palette/16-bit mapped)."""
+  try:
+    img.load()
+    if img.mode in ('I', 'F') or img.mode.startswith('I;'):  # 16/32-bit gray: PIL would clip.
+      img = Image.fromarray(_to_uint8(np.asarray(img)), 'L')
+    if img.mode in ('P', 'PA'):
+      img = img.convert('RGBA')
+    mode = target_mode(channels)
+    return img if img.mode == mode else img.convert(mode)
+  except _PIL_ERRORS as e:
+    raise BadExample(f'undecodable image ({type(e).__name__}: {e})') from None

@@ -1,0 +1,88 @@
+"""Per-example processing: raw record -> normalised float image, label, validity flag and id.
+
+Runs inside grain workers, so failures become a `valid=False` flag (counted in the main process by
+guard.py) instead of exceptions that would kill a worker.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from resnet_jax.data import decode, randaugment, transforms
+
+AUGMENTS = ('imagenet', 'cifar', 'none')
+
+
+@dataclasses.dataclass(frozen=True)
+class Processor:
+  """Picklable per-example transform; train examples get randomness from the rng grain passes."""
+
+  image_size: int
+  channels: int
+  num_classes: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  augment: str = 'none'
+  train: bool = False
+  randaugment: tuple[int, int] | None = None
+  use_draft: bool = True
+
+  def __post_init__(self):
+    if self.augment not in AUGMENTS:
+      raise ValueError(f'data.augment={self.augment!r}; choose one of {AUGMENTS}.')
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    return self.image_size, self.image_size, self.channels
+
+  def __call__(self, record, rng: np.random.Generator | None = None) -> dict:
+    if record.get('padding'):  # Eval padding: a placeholder that the mask hides.
+      return self._output(None, 0, valid=True, rid='', error='', mask=False)
+    rid = str(record.get('id', ''))
+    label = int(record['label'])
+    error = record.get('error', '')
+    if not error and not 0 <= label < self.num_classes:
+      error = f'label {label} out of range [0, {self.num_classes})'
+    image = None
+    if not error:
+      try:
+        image = self.image(record['image'], rng)
+      except decode.BadExample as e:
+        error = str(e)
+    return self._output(image, label if not error else 0, valid=not error, rid=rid, error=error,
+                        mask=not error)
+
+  def image(self, data, rng: np.random.Generator | None) -> np.ndarray:
+    """Raw image -> float32 [H, W, C], augmented when training, normalised."""
+    img = decode.open_image(data)
+    size = self.image_size
+    if self.augment == 'imagenet':
+      if self.train:
+        box = transforms.sample_crop_box(rng, img.width, img.height)
+      else:
+        box = transforms.center_crop_box(img.width, img.height)
+      img = transforms.resized_crop(img, box, size, self.channels, use_draft=self.use_draft)
+    else:
+      img = transforms.fit(decode.convert(img, self.channels), size)
+      if self.train and self.augment == 'cifar':
+        img = transforms.pad_random_crop(img, rng)
+    if self.train and self.augment != 'none':
+      img = transforms.random_flip(img, rng)
+    if self.train and self.randaugment:
+      img = randaugment.rand_augment(img, rng, *self.randaugment)
+    return self.normalise(np.asarray(img))
+
+  def normalise(self, pixels: np.ndarray) -> np.ndarray:
+    """uint8 [H, W(, C)] -> float32 (x / 255 - mean) / std, shape [H, W, C]."""
+    scale = np.asarray([1.0 / (255.0 * s) for s in self.std], np.float32)
+    bias = np.asarray([-m / s for m, s in zip(self.mean, self.std, strict=True)], np.float32)
+    out = pixels.reshape(self.shape).astype(np.float32)
+    out *= scale
+    out += bias
+    return out
+
+  def _output(self, image, label, *, valid, rid, error, mask) -> dict:
+    if image is None:
+      image = np.zeros(self.shape, np.float32)
+    return {'image': image, 'label': np.int32(label), 'valid': np.bool_(valid), 'id': rid,
+            'error': error, 'mask': np.bool_(mask)}
