@@ -1,0 +1,39 @@
+"""Benchmarks: `python -m resnet_jax.bench SUBCOMMAND [--json FILE]`.
+
+Add a subcommand by adding an entry to SUBCOMMANDS: name -> (module, help); the module provides
+`add_arguments(parser)` and `run(args) -> dict`, whose result is printed and written to --json.
+"""
+
+import argparse
+import importlib
+import json
+import sys
+
+SUBCOMMANDS = {
+  'input': ('resnet_jax.data.bench_input', 'input-pipeline throughput (images/s per core)'),
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+  """Parses the subcommand, runs it, prints and optionally writes its JSON result."""
+  parser = argparse.ArgumentParser(prog='python -m resnet_jax.bench', description=__doc__)
+  sub = parser.add_subparsers(dest='command', required=True)
+  for name, (module_name, help_text) in SUBCOMMANDS.items():
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument('--json', default='', help='write the results to this JSON file')
+    p.set_defaults(module_name=module_name)
+    # Imported lazily so that one subcommand's heavy imports do not slow the others.
+    importlib.import_module(module_name).add_arguments(p)
+  args = parser.parse_args(argv)
+  result = importlib.import_module(args.module_name).run(args)
+  text = json.dumps(result, indent=2)
+  print(text)
+  if args.json:
+    with open(args.json, 'w') as f:
+      f.write(text + '\n')
+    print(f'wrote {args.json}', file=sys.stderr)
+  return result
+
+
+if __name__ == '__main__':
+  main()
