@@ -18,24 +18,24 @@ STATE = 'state'
 DATA = 'data'
 
 
-def create_manager(workdir: str, every_steps: int, keep: int) -> ocp.CheckpointManager:
-  """A manager saving every `every_steps` steps and keeping the `keep` newest."""
-  options = ocp.CheckpointManagerOptions(
-      save_interval_steps=max(int(every_steps), 1), max_to_keep=max(int(keep), 1), create=True)
+def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  """A manager for WORKDIR/checkpoints keeping the `keep` newest steps."""
+  # The trainer decides when to save (every_steps and the last step); orbax's own interval
+  # policy would also save the first step it sees, so it is not used.
+  options = ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True)
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
       item_names=(STATE, DATA))
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any,
-         force: bool = False) -> bool:
-  """Saves if `step` is on the interval (or `force`); returns whether it saved."""
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any) -> None:
+  """Saves `state` and the data iterator's position as checkpoint `step` (asynchronously)."""
   # Orbax copies device arrays to host before returning, so the caller may donate `state` next.
   args = ocp.args.Composite(**{
       STATE: ocp.args.StandardSave(state),
       DATA: grain.checkpoint.CheckpointSave(data_iterator),
   })
-  return manager.save(int(step), args=args, force=force)
+  manager.save(int(step), args=args, force=True)
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,

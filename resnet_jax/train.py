@@ -131,7 +131,7 @@ def train_step(state: TrainState, train_metrics: dict, batch: dict, *, model, tx
       'loss': train_metrics['loss'] + loss_sum,
       'top1': train_metrics['top1'] + correct_sum,
       'count': train_metrics['count'] + count,
-      'grad_norm': train_metrics['grad_norm'] + optax.global_norm(grads),
+      'grad_norm': train_metrics['grad_norm'] + optax.tree.norm(grads),
       'steps': train_metrics['steps'] + 1,
   }
   return new_state, new_metrics
@@ -298,8 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   image_shape = (config.data.image_size, config.data.image_size, info.image_shape[-1])
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), image_shape, mesh,
                              ema=config.optim.ema_decay > 0)
-  manager = checkpoint.create_manager(workdir, config.checkpoint.every_steps,
-                                      config.checkpoint.keep)
+  manager = checkpoint.create_manager(workdir, config.checkpoint.keep)
   state, start_step = restore_or_init(manager, state, train_iter, config.init_checkpoint)
 
   # ---- compiled steps ----------------------------------------------------------------------
@@ -347,7 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           f'{k}={v:.4f}' for k, v in eval_results.items() if not k.endswith('/count')))
       last_log_time = time.time()  # Keep eval time out of images_per_sec.
 
-    checkpoint.save(manager, step, state, train_iter, force=step == total_steps)
+    if step % config.checkpoint.every_steps == 0 or step == total_steps:
+      checkpoint.save(manager, step, state, train_iter)
 
   if start_step >= total_steps and not eval_results:  # Resumed a finished run: report it again.
     eval_results = evaluate(eval_fn, eval_variable_sets(state), eval_batches(), mesh, num_eval)

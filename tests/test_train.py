@@ -1,0 +1,242 @@
+"""Trainer tests: global-batch BN over 8 devices, overfitting, accumulation, exact eval, loop."""
+
+import dataclasses
+import json
+import os
+import types
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from resnet_jax import config_validation, optim, parallel, train
+from resnet_jax.models import create_model
+
+# ---- in-memory stand-in for resnet_jax.data (same API, tiny learnable data) ---------------
+
+@dataclasses.dataclass
+class Info:
+  num_classes: int
+  num_examples: dict
+  image_shape: tuple
+  class_names: tuple = ()
+  mean: tuple = ()
+  std: tuple = ()
+
+
+def make_split(num_examples: int, image_shape: tuple, num_classes: int, seed: int):
+  """Images = a class-specific pattern + noise, so a small net can learn them."""
+  rng = np.random.default_rng(seed)
+  patterns = np.random.default_rng(1234).normal(size=(num_classes, *image_shape))
+  labels = rng.integers(0, num_classes, num_examples).astype(np.int32)
+  images = patterns[labels] + 0.3 * rng.normal(size=(num_examples, *image_shape))
+  return images.astype(np.float32), labels
+
+
+def eval_batches(images, labels, global_batch_size, process_index=0, process_count=1):
+  """Fixed-size padded batches with 'mask'; each example exactly once across processes."""
+  b = global_batch_size // process_count
+  num_batches = -(-len(labels) // global_batch_size)
+  for i in range(num_batches):
+    start = i * global_batch_size + process_index * b
+    idx = np.arange(start, start + b)
+    mask = idx < len(labels)
+    idx = np.where(mask, idx, 0)
+    yield {'image': images[idx], 'label': labels[idx], 'mask': mask}
+
+
+def fake_data_module(num_train=96, num_eval=40, image_shape=(8, 8, 3), num_classes=10):
+  """A namespace with dataset_info / create_train_iterator / create_eval_iterator."""
+  train = make_split(num_train, image_shape, num_classes, seed=0)
+  evals = make_split(num_eval, image_shape, num_classes, seed=1)
+  info = Info(num_classes, {'train': num_train, 'test': num_eval}, image_shape)
+
+  def create_train_iterator(config, *, seed, global_batch_size, process_index, process_count):
+    del config
+    images, labels = train
+    ds = (grain.MapDataset.range(num_train).shuffle(seed=seed).repeat()
+          .map(lambda i: {'image': images[i], 'label': labels[i]})
+          .batch(global_batch_size // process_count, drop_remainder=True))
+    return iter(ds.to_iter_dataset())
+
+  def create_eval_iterator(config, split=None, *, global_batch_size, process_index,
+                           process_count):
+    del config, split
+    return eval_batches(*evals, global_batch_size, process_index, process_count)
+
+  return types.SimpleNamespace(dataset_info=lambda config: info,
+                               create_train_iterator=create_train_iterator,
+                               create_eval_iterator=create_eval_iterator)
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+
+def tiny_config(**overrides):
+  config = config_validation.default_config()
+  config.model.name = 'resnet_tiny'
+  config.batch_size = 16
+  config.total_steps = 4
+  config.log_every_steps = 2
+  config.eval_every_steps = 0
+  config.checkpoint.every_steps = 2
+  config.data.image_size = 8
+  config.log.progress_bar = False
+  config.optim.base_lr = 0.05
+  config.optim.lr_batch_base = 16
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def tiny_setup(mesh, image_shape=(8, 8, 3), schedule=0.1, **optim_overrides):
+  config = tiny_config(**{f'optim.{k}': v for k, v in optim_overrides.items()})
+  model = create_model('resnet_tiny', num_classes=10, zero_init_residual=False)
+  tx = optim.create_optimizer(config.optim, optax.constant_schedule(schedule))
+  state = train.create_train_state(model, tx, jax.random.PRNGKey(0), image_shape, mesh)
+  return model, tx, state
+
+
+def batch_of(n, image_shape=(8, 8, 3), seed=0):
+  images, labels = make_split(n, image_shape, 10, seed)
+  return {'image': images, 'label': labels}
+
+
+def test_global_batchnorm_8_devices_equals_1():
+  assert jax.device_count() == 8
+  local = batch_of(32)
+  results = []
+  for devices in (jax.devices(), jax.devices()[:1]):
+    mesh = parallel.create_mesh(devices)
+    model, tx, state = tiny_setup(mesh)
+    batch = parallel.global_batch(mesh, local)
+    grads_fn = jax.jit(train.compute_gradients, static_argnums=(0, 5))
+    grads, (losses, _, stats) = grads_fn(model, state.params, state.batch_stats, batch,
+                                         jax.random.PRNGKey(1), 0.0)
+    results.append(jax.device_get((losses.mean(), grads, stats)))
+  (loss8, grads8, stats8), (loss1, grads1, stats1) = results
+  np.testing.assert_allclose(loss8, loss1, atol=1e-5, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+               (grads8, stats8), (grads1, stats1))
+  # The running mean moved: statistics really came from the batch, not the init.
+  assert any(np.abs(x).max() > 0 for x in jax.tree.leaves(stats8))
+
+
+def test_train_step_same_update_on_8_and_1_devices():
+  local = batch_of(16)
+  params = []
+  for devices in (jax.devices(), jax.devices()[:1]):
+    mesh = parallel.create_mesh(devices)
+    model, tx, state = tiny_setup(mesh)
+    step = train.create_train_step(model, tx, mesh)
+    metrics = parallel.replicate(mesh, train.zero_train_metrics())
+    state, metrics = step(state, metrics, parallel.global_batch(mesh, local))
+    params.append(jax.device_get((state.params, state.batch_stats, metrics['loss'])))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), *params)
+
+
+def test_loss_falls_when_overfitting_one_batch():
+  mesh = parallel.create_mesh()
+  model, tx, state = tiny_setup(mesh, schedule=0.05)
+  step = train.create_train_step(model, tx, mesh)
+  batch = parallel.global_batch(mesh, batch_of(16))
+  losses = []
+  for _ in range(25):
+    metrics = parallel.replicate(mesh, train.zero_train_metrics())
+    state, metrics = step(state, metrics, batch)
+    losses.append(float(metrics['loss']) / 16)
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+class _DenseNet(nn.Module):
+  """BN-free net: with no batch statistics, k micro-batches must equal one big batch exactly."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = x.reshape((x.shape[0], -1))
+    return nn.Dense(10)(nn.tanh(nn.Dense(32)(x)))
+
+
+def test_gradient_accumulation_equals_big_batch():
+  mesh = parallel.create_mesh()
+  model = _DenseNet()
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))['params']
+  params = parallel.replicate(mesh, params)
+  batch = parallel.global_batch(mesh, batch_of(64))
+
+  def grads(params, batch, k):
+    return train.accumulate_gradients(model, params, {}, batch, jax.random.PRNGKey(0), 0.1, k)
+
+  grads = jax.jit(grads, static_argnums=2)
+  big = grads(params, batch, 1)
+  for k in (2, 4):
+    acc = grads(params, batch, k)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), acc, big)
+
+
+def test_eval_counts_1003_examples_exactly_once_on_8_devices():
+  mesh = parallel.create_mesh()
+  model, _, state = tiny_setup(mesh)
+  images, labels = make_split(1003, (8, 8, 3), 10, seed=3)
+  eval_fn = train.create_eval_step(model, mesh)
+  variable_sets = train.eval_variable_sets(state)
+  results = train.evaluate(eval_fn, variable_sets,
+                           eval_batches(images, labels, 64), mesh, 1003)
+  assert results['eval/count'] == 1003  # 1003 = 15 * 64 + 43: a padded last batch.
+  logits = model.apply(jax.device_get(variable_sets['']), images, train=False)
+  top1 = np.mean(np.argmax(logits, -1) == labels)
+  loss = np.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+  np.testing.assert_allclose(results['eval/top1'], top1, atol=1e-6)
+  np.testing.assert_allclose(results['eval/loss'], loss, rtol=1e-4)
+  with pytest.raises(RuntimeError, match='counted 1003 examples but the split has 1000'):
+    train.evaluate(eval_fn, variable_sets, eval_batches(images, labels, 64), mesh,
+                   1000)
+
+
+def _read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_train_and_evaluate_logs_checkpoints_and_resumes(tmp_path, monkeypatch):
+  monkeypatch.setattr(train, 'data', fake_data_module())
+  workdir = str(tmp_path)
+  results = train.train_and_evaluate(tiny_config(**{'optim.ema_decay': 0.9}), workdir)
+  assert results['eval/count'] == 40 and results['eval_ema/count'] == 40
+  rows = _read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  assert [r['step'] for r in rows if 'train/loss' in r] == [2, 4]
+  assert {'train/loss', 'train/top1', 'lr', 'images_per_sec'} <= set(rows[0])
+  assert {'eval/loss', 'eval/top1', 'eval/top5', 'eval_ema/top1'} <= set(rows[-1])
+  assert json.load(open(os.path.join(workdir, 'config.json')))['model']['name'] == 'resnet_tiny'
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+
+  # Same command with a longer run: resumes at step 4 instead of starting again.
+  train.train_and_evaluate(tiny_config(**{'optim.ema_decay': 0.9, 'total_steps': 6}), workdir)
+  rows = _read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  assert [r['step'] for r in rows if 'train/loss' in r] == [2, 4, 6]
+
+
+def test_non_finite_loss_names_the_steps(tmp_path, monkeypatch):
+  fake = fake_data_module()
+  make = fake.create_train_iterator
+
+  def nan_batches(*args, **kwargs):
+    for batch in make(*args, **kwargs):
+      yield {**batch, 'image': np.full_like(batch['image'], np.nan)}
+
+  fake.create_train_iterator = lambda *a, **k: nan_batches(*a, **k)
+  monkeypatch.setattr(train, 'data', fake)
+  # Checkpoints are only every 100 steps: the generator stand-in has no iterator state to save.
+  config = tiny_config(**{'checkpoint.every_steps': 100, 'total_steps': 2})
+  with pytest.raises(FloatingPointError, match='steps 1..2'):
+    train.train_and_evaluate(config, str(tmp_path))
