@@ -3,7 +3,7 @@
 Override any field with --config.<field>=<value>, e.g. --config.optim.base_lr=0.2.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -16,6 +16,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}; pass options as --flag=value.')
   config = _CONFIG.value
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO, breaking the bar.
   # jax.distributed must start before anything asks jax about devices.
   from resnet_jax import parallel
   parallel.initialize_distributed(config.distributed)
