@@ -43,6 +43,12 @@ def _to_iter(ds: grain.MapDataset, cfg, batch: int) -> grain.IterDataset:
   buffer = max(1, cfg.prefetch) * batch
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=buffer))
   if cfg.num_workers > 0:
+    from absl import flags
+
+    # grain's workers read absl flags; a program without absl.app (pytest, notebooks) has not
+    # parsed them, so use their defaults instead of failing inside the worker start-up.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     per_worker = max(1, math.ceil(buffer / cfg.num_workers))
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers,
                                                      per_worker_buffer_size=per_worker))
