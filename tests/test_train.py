@@ -240,3 +240,40 @@ def test_non_finite_loss_names_the_steps(tmp_path, monkeypatch):
   config = tiny_config(**{'checkpoint.every_steps': 100, 'total_steps': 2})
   with pytest.raises(FloatingPointError, match='steps 1..2'):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+# ---- real input pipeline under tfds.testing.mock_data --------------------------------------
+
+
+@pytest.mark.parametrize('name, eval_split, image_size, augment', [
+    ('imagenet2012', 'validation', 16, 'imagenet'),  # ImageNet-shaped: 1000 classes.
+    ('cifar10', 'test', 32, 'cifar'),  # CIFAR-shaped: 32x32x3, 10 classes.
+])
+def test_train_and_evaluate_under_tfds_mock_data(tmp_path, name, eval_split, image_size, augment):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  config = tiny_config(**{'data.name': name, 'data.eval_split': eval_split,
+                          'data.image_size': image_size, 'data.augment': augment,
+                          'total_steps': 3, 'log_every_steps': 1, 'checkpoint.every_steps': 2})
+  config_validation.validate_config(config, num_devices=jax.device_count())
+  with tfds.testing.mock_data(num_examples=21):  # 21: divides by neither batch nor devices.
+    results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['eval/count'] == 21
+  assert 0.0 <= results['eval/top1'] <= results['eval/top5'] <= 1.0
+  rows = _read_jsonl(os.path.join(tmp_path, 'metrics.jsonl'))
+  assert [r['step'] for r in rows if 'train/loss' in r] == [1, 2, 3]
+  assert all(np.isfinite(r['train/loss']) for r in rows if 'train/loss' in r)
+  assert sorted(os.listdir(os.path.join(tmp_path, 'checkpoints'))) == ['2', '3']
+
+
+def test_bf16_compute_keeps_fp32_params_and_batch_stats():
+  mesh = parallel.create_mesh()
+  model = create_model('resnet_tiny', num_classes=10, dtype=jnp.bfloat16)
+  config = tiny_config(**{'optim.label_smoothing': 0.1})
+  tx = optim.create_optimizer(config.optim, optax.constant_schedule(0.1))
+  state = train.create_train_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3), mesh)
+  step = train.create_train_step(model, tx, mesh, label_smoothing=0.1)
+  metrics = parallel.replicate(mesh, train.zero_train_metrics())
+  state, metrics = step(state, metrics, parallel.global_batch(mesh, batch_of(16)))
+  dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))}
+  assert dtypes == {jnp.dtype(jnp.float32)}
+  assert np.isfinite(float(metrics['loss']))
