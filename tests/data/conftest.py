@@ -12,7 +12,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 def default_data_config(**overrides):
   """configs/default.py's data section (loaded by path: the contract), with overrides."""
-  spec = importlib.util.spec_from_file_location('_default', os.path.join(_ROOT, 'configs', 'default.py'))
+  path = os.path.join(_ROOT, 'configs', 'default.py')
+  spec = importlib.util.spec_from_file_location('_default', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   cfg = module.get_config().data

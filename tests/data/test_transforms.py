@@ -16,7 +16,8 @@ from resnet_jax.data.randaugment import OPS, parse, rand_augment
 def _photo() -> bytes:
   import sklearn
 
-  with open(os.path.join(os.path.dirname(sklearn.__file__), 'datasets/images/china.jpg'), 'rb') as f:
+  folder = os.path.join(os.path.dirname(sklearn.__file__), 'datasets', 'images')
+  with open(os.path.join(folder, 'china.jpg'), 'rb') as f:
     return f.read()
 
 
