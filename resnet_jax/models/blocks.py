@@ -7,7 +7,8 @@ Submodule names mirror torchvision (`conv1`, `bn1`, …, `downsample_conv`, `dow
 parameter names are part of the checkpoint format and make weight conversion a renaming.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

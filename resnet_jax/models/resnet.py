@@ -15,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from resnet_jax.models.blocks import _pad, BLOCKS, SHORTCUTS
+from resnet_jax.models.blocks import BLOCKS, SHORTCUTS, _pad
 
 # torchvision's initialisation, so a fresh model here starts where a fresh torchvision one does:
 # Kaiming-normal (fan_out, ReLU gain) convolutions, and nn.Linear's U(-1/sqrt(fan_in), ...).

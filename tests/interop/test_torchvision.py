@@ -122,3 +122,13 @@ def test_parity_check_sees_a_single_misplaced_statistic():
   variables = from_torchvision(state, 'resnet18')
   out = create_model('resnet18').apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
   assert np.abs(np.asarray(out) - ref).max() > 1e-3
+
+
+@pytest.mark.parametrize('name', ['resnext101_32x8d', 'resnext101_64x4d', 'wide_resnet101_2',
+                                  'resnet34', 'resnet101'])
+def test_every_other_torchvision_model_converts(name):
+  # Construction and conversion only (no forward): checks every key and shape of the family.
+  net = getattr(torchvision.models, name)(weights=None)
+  variables = from_torchvision(net.state_dict(), name)
+  n_ours = sum(np.size(a) for a in jax.tree.leaves(variables['params']))
+  assert n_ours == sum(p.numel() for p in net.parameters())
