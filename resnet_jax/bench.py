@@ -11,6 +11,8 @@ import sys
 
 SUBCOMMANDS = {
   'input': ('resnet_jax.data.bench_input', 'input-pipeline throughput (images/s per core)'),
+  'train': ('resnet_jax.bench_train', 'train-step speed, compile time, memory (random data)'),
+  'eval': ('resnet_jax.bench_eval', 'eval forward throughput and batch-1 latency'),
 }
 
 

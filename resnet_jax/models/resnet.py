@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from resnet_jax.models.blocks import BLOCKS, SHORTCUTS, _pad
+from resnet_jax.models.layers import CONV_IMPLS, Conv, max_pool_3x3_s2
 
 # torchvision's initialisation, so a fresh model here starts where a fresh torchvision one does:
 # Kaiming-normal (fan_out, ReLU gain) convolutions, and nn.Linear's U(-1/sqrt(fan_in), ...).
@@ -54,6 +55,7 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5  # torchvision's epsilon.
   dtype: Any = jnp.float32  # Compute dtype.
   param_dtype: Any = jnp.float32  # Parameter dtype.
+  conv_impl: str = 'auto'  # How 1x1 convolutions lower: auto | xla | matmul (see layers.py).
 
   def _check(self) -> None:
     if self.block not in BLOCKS:
@@ -62,6 +64,8 @@ class ResNet(nn.Module):
       raise ValueError(f'stem={self.stem!r}: expected one of {STEMS}.')
     if self.shortcut not in SHORTCUTS:
       raise ValueError(f'shortcut={self.shortcut!r}: expected one of {SHORTCUTS}.')
+    if self.conv_impl not in CONV_IMPLS:
+      raise ValueError(f'conv_impl={self.conv_impl!r}: expected one of {CONV_IMPLS}.')
     if self.pooling not in POOLINGS:
       raise ValueError(f'pooling={self.pooling!r}: expected one of {POOLINGS}.')
     if len(self.stage_sizes) != len(self.stage_widths):
@@ -79,8 +83,8 @@ class ResNet(nn.Module):
     """
     self._check()
     conv = functools.partial(
-      nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-      param_dtype=self.param_dtype,
+      Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+      param_dtype=self.param_dtype, impl=self.conv_impl,
     )
     norm = functools.partial(
       nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
@@ -127,8 +131,8 @@ class ResNet(nn.Module):
     if not self.preact:
       # Pre-activation nets normalise at the start of every block instead (as Keras' V2).
       x = nn.relu(norm(name='bn1')(x))
-    # Max-pool pads with -inf, as torch's MaxPool2d(3, 2, padding=1).
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(1))
+    # torch's MaxPool2d(3, 2, padding=1); see max_pool_3x3_s2 for why not nn.max_pool.
+    return max_pool_3x3_s2(x)
 
   def _head(self, x):
     pooling = self.pooling if not self.include_top else (self.pooling or 'avg')

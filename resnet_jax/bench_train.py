@@ -1,0 +1,216 @@
+"""Train- and eval-step benchmarks on random data: `python -m resnet_jax.bench train|eval`.
+
+The timed step is the trainer's own (`train.create_train_step`: SGD Nesterov with coupled weight
+decay, BatchNorm over the global batch, donated state), so what is measured is what runs.
+Reports compile time, the median step time after warm-up, images/s, achieved GFLOP/s (XLA's
+cost analysis of the compiled step / step time) against a matmul peak measured in the same
+process, and the peak memory XLA plans for the step.
+"""
+
+import ast
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from resnet_jax import optim, parallel, train
+from resnet_jax.models import create_model
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def add_arguments(parser) -> None:
+  parser.add_argument('--model', default='resnet50', help='a name from list_models()')
+  parser.add_argument('--batch', type=int, default=16, help='global batch size')
+  parser.add_argument('--image-size', type=int, default=224)
+  parser.add_argument('--num-classes', type=int, default=1000)
+  parser.add_argument('--dtype', default='float32', choices=sorted(DTYPES),
+                      help='compute dtype (params stay float32)')
+  parser.add_argument('--conv-impl', default='auto', help='auto | xla | matmul')
+  parser.add_argument('--steps', type=int, default=5, help='timed steps (median reported)')
+  parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compiling')
+  parser.add_argument('--repeat', type=int, default=1,
+                      help='whole measurements (fresh compile each); medians of all reported')
+  parser.add_argument('--variant', action='append', default=[], metavar='NAME:FIELD=V,…',
+                      help='compare model variants in one run, interleaved, e.g. '
+                           '--variant xla:conv_impl=xla --variant mm:conv_impl=matmul')
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+  """'mm:conv_impl=matmul,remat=True' -> ('mm', {'conv_impl': 'matmul', 'remat': True})."""
+  name, _, body = text.partition(':')
+  fields = {}
+  for item in filter(None, body.split(',')):
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise ValueError(f'--variant {text!r}: expected NAME:FIELD=VALUE[,FIELD=VALUE]')
+    try:
+      fields[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      fields[key] = value  # a bare word such as matmul
+  return name, fields
+
+
+def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> float:
+  """fp32 matmul GFLOP/s on the default device: the roofline the step is compared against."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a, b: a @ b)
+  f(a, a).block_until_ready()
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(a, a).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get('flops', 0.0))
+
+
+def _peak_memory(compiled) -> int:
+  m = compiled.memory_analysis()
+  if m is None:
+    return 0
+  # Arguments and outputs alias through donation; temporaries are the activations and buffers.
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+             + m.temp_size_in_bytes)
+
+
+def _optim_config() -> ml_collections.ConfigDict:
+  # The ImageNet recipe's optimiser (configs/imagenet_common.py): what a real run compiles.
+  return ml_collections.ConfigDict(dict(
+    momentum=0.9, nesterov=True, weight_decay=1e-4, weight_decay_mode='coupled',
+    weight_decay_exclude=('bias', 'scale'),
+  ))
+
+
+def _model(args, **variant_fields):
+  fields = {'num_classes': args.num_classes, 'dtype': DTYPES[args.dtype],
+            'conv_impl': args.conv_impl, **variant_fields}
+  return create_model(args.model, **fields)
+
+
+def _random_batch(args, mesh, with_mask=False):
+  rng = np.random.default_rng(0)
+  batch = {
+    'image': rng.standard_normal((args.batch, args.image_size, args.image_size, 3), np.float32),
+    'label': rng.integers(0, args.num_classes, args.batch).astype(np.int32),
+  }
+  if with_mask:
+    batch['mask'] = np.ones(args.batch, bool)
+  return parallel.global_batch(mesh, batch)
+
+
+def _time_steps(run, n: int) -> list[float]:
+  times = []
+  for _ in range(n):
+    t = time.perf_counter()
+    jax.block_until_ready(run())
+    times.append(time.perf_counter() - t)
+  return times
+
+
+def measure_train(args, **model_fields) -> dict:
+  """One fresh compile and timing of the train step."""
+  mesh = parallel.create_mesh()
+  model = _model(args, **model_fields)
+  tx = optim.create_optimizer(_optim_config(), lambda step: 0.1)
+  t0 = time.perf_counter()
+  state = train.create_train_state(model, tx, jax.random.key(0),
+                                   (args.image_size, args.image_size, 3), mesh)
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - t0
+  batch = _random_batch(args, mesh)
+  metrics = jax.device_put(train.zero_train_metrics(), parallel.replicated(mesh))
+  step = train.create_train_step(model, tx, mesh)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, metrics, batch).compile()
+  compile_s = time.perf_counter() - t0
+  holder = {'state': state, 'metrics': metrics}
+
+  def run():
+    holder['state'], holder['metrics'] = compiled(holder['state'], holder['metrics'], batch)
+    return holder['metrics']
+
+  _time_steps(run, args.warmup)
+  step_s = statistics.median(_time_steps(run, args.steps))
+  flops = _flops(compiled)
+  return {
+    'compile_s': compile_s, 'init_s': init_s, 'step_s': step_s,
+    'images_per_sec': args.batch / step_s, 'gflops_per_sec': flops / step_s / 1e9,
+    'step_gflops': flops / 1e9, 'peak_memory_bytes': _peak_memory(compiled),
+  }
+
+
+def measure_eval(args) -> dict:
+  """Compile time, throughput at --batch and batch-1 latency of the eval forward pass."""
+  mesh = parallel.create_mesh()
+  model = _model(args)
+  x = jnp.zeros((1, args.image_size, args.image_size, 3))
+  variables = jax.jit(lambda: model.init(jax.random.key(0), x, train=False))()
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  out = {}
+  for name, batch_size in (('batch', args.batch), ('latency', 1)):
+    images = jnp.zeros((batch_size, args.image_size, args.image_size, 3))
+    t0 = time.perf_counter()
+    compiled = forward.lower(variables, images).compile()
+    compile_s = time.perf_counter() - t0
+    run = functools.partial(compiled, variables, images)
+    _time_steps(run, args.warmup)
+    step_s = statistics.median(_time_steps(run, args.steps))
+    if name == 'batch':
+      out.update(compile_s=compile_s, step_s=step_s, images_per_sec=batch_size / step_s,
+                 gflops_per_sec=_flops(compiled) / step_s / 1e9,
+                 peak_memory_bytes=_peak_memory(compiled))
+    else:
+      out['latency_batch1_s'] = step_s
+  del mesh
+  return out
+
+
+def _median_of(runs: list[dict]) -> dict:
+  return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def _header(args) -> dict:
+  return {
+    'model': args.model, 'batch': args.batch, 'image_size': args.image_size,
+    'dtype': args.dtype, 'conv_impl': args.conv_impl, 'backend': jax.default_backend(),
+    'devices': jax.device_count(), 'jax': jax.__version__, 'repeats': args.repeat,
+  }
+
+
+def run(args) -> dict:
+  """The `train` subcommand: one configuration, or several compared as ratios."""
+  peak = matmul_peak_gflops()
+  variants = [parse_variant(v) for v in args.variant] or [('', {})]
+  runs = {name: [] for name, _ in variants}
+  for _ in range(args.repeat):
+    # Interleaved, so that a noisy minute on a shared machine hits every variant alike.
+    for name, fields in variants:
+      runs[name].append(measure_train(args, **fields))
+  medians = {name: _median_of(r) for name, r in runs.items()}
+  for m in medians.values():
+    m['fraction_of_matmul_peak'] = m['gflops_per_sec'] / peak
+  result = {**_header(args), 'matmul_peak_gflops': peak}
+  if len(variants) == 1:
+    return {**result, **medians[variants[0][0]]}
+  base = variants[0][0]
+  result['variants'] = {name: {'fields': fields, **medians[name]} for name, fields in variants}
+  result['speedup_vs_' + base] = {
+    name: medians[name]['images_per_sec'] / medians[base]['images_per_sec'] for name in medians
+  }
+  return result
+
+
+def run_eval(args) -> dict:
+  """The `eval` subcommand."""
+  runs = [measure_eval(args) for _ in range(args.repeat)]
+  return {**_header(args), **_median_of(runs)}

@@ -1,0 +1,56 @@
+"""Every lowering computes the same function, with the same parameters, as the plain path."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax.models import create_model, model_fields
+from resnet_jax.models.layers import max_pool_3x3_s2, resolve_conv_impl
+
+
+def _rel_err(a, b):
+  return float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-12))
+
+
+@pytest.mark.parametrize('name', ['resnet50', 'resnet50d', 'resnet50_v1', 'preact_resnet50'])
+def test_matmul_lowering_equals_xla_forward_and_gradients(name):
+  stages = (1,) * len(model_fields(name)['stage_sizes'])
+  x = jax.random.normal(jax.random.key(1), (2, 40, 40, 3))
+  ref = create_model(name, stage_sizes=stages, conv_impl='xla', zero_init_residual=False)
+  mm = create_model(name, stage_sizes=stages, conv_impl='matmul', zero_init_residual=False)
+  v = ref.init(jax.random.key(0), x)
+  # Same parameter tree, names and initial values: the lowering is not part of the format.
+  jax.tree.map(np.testing.assert_array_equal, v, mm.init(jax.random.key(0), x))
+
+  def loss(model, params):
+    logits, _ = model.apply({**v, 'params': params}, x, train=True, mutable=['batch_stats'])
+    return jnp.sum(logits**2)
+
+  for train in (False, True):
+    out_ref = ref.apply(v, x, train=train, mutable=['batch_stats'])[0]
+    out_mm = mm.apply(v, x, train=train, mutable=['batch_stats'])[0]
+    assert _rel_err(out_mm, out_ref) <= 1e-5
+  g_ref = jax.grad(lambda p: loss(ref, p))(v['params'])
+  g_mm = jax.grad(lambda p: loss(mm, p))(v['params'])
+  errs = jax.tree.map(_rel_err, g_mm, g_ref)
+  assert max(jax.tree.leaves(errs)) <= 1e-5, errs
+
+
+def test_max_pool_equals_reduce_window_values_and_gradients():
+  def pool(x):
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+  for shape in [(2, 112, 112, 4), (2, 7, 9, 3), (1, 1, 1, 2)]:
+    x = jax.random.normal(jax.random.key(0), shape)
+    np.testing.assert_array_equal(max_pool_3x3_s2(x), pool(x))
+    g_ref = jax.grad(lambda x: jnp.sum(pool(x) ** 2))(x)
+    g = jax.grad(lambda x: jnp.sum(max_pool_3x3_s2(x) ** 2))(x)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-6)
+
+
+def test_auto_resolves_per_platform():
+  assert resolve_conv_impl('auto') == ('matmul' if jax.default_backend() == 'cpu' else 'xla')
+  with pytest.raises(ValueError, match='conv_impl'):
+    resolve_conv_impl('cudnn')
