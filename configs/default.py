@@ -41,6 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.cutmix_alpha = 0.0  # CutMix Beta(alpha, alpha); 0 = off.
   config.data.num_workers = 0  # Decoding worker processes per host; 0 = in the main process.
   config.data.prefetch = 2  # Batches prepared ahead of the train step.
+  # False: batches carry uint8 images; the train/eval step must normalise them on the device
+  # (resnet_jax.data.processing.normalize_pixels). True: float32, normalised on the host.
+  config.data.host_normalize = True
   config.data.max_skip_fraction = 0.01  # Stop once this fraction of examples was undecodable.
   config.data.fake_num_examples = 1024  # data.name == 'fake': examples per split.
   config.data.fake_num_classes = 10  # data.name == 'fake': number of classes.

@@ -44,13 +44,15 @@ def _measure(step, seconds: float) -> dict:
           'images_per_sec_per_core': round(images / max(cpu, 1e-9), 1)}
 
 
-def bench_imagenet_transform(seconds: float, image_size: int, use_draft: bool) -> dict:
-  """Random-resized crop + flip + normalise of the two sample photos, one thread."""
+def bench_imagenet_transform(seconds: float, image_size: int, use_draft: bool,
+                             normalize: bool = True) -> dict:
+  """Random-resized crop + flip (+ normalise) of the two sample photos, one thread."""
   import numpy as np
 
   mean, std = stats.IMAGENET
   proc = Processor(image_size=image_size, channels=3, num_classes=1000, mean=mean, std=std,
-                   augment='imagenet', train=True, use_draft=use_draft)
+                   augment='imagenet', train=True, use_draft=use_draft,
+                   normalize=normalize)
   photos = list(_sample_jpegs().values())
   rng = np.random.default_rng(0)
   state = {'i': 0}
@@ -82,11 +84,13 @@ def bench_fashion_mnist(seconds: float, fashion_dir: str) -> dict:
 def run(args) -> dict:
   """Runs the three measurements, printing progress."""
   results = {}
-  for key, use_draft in (('imagenet_train_transform', True),
-                         ('imagenet_train_transform_no_draft', False)):
+  # uint8: data.host_normalize=False, the normalisation left to the device.
+  for key, use_draft, normalize in (('imagenet_train_transform', True, True),
+                                    ('imagenet_train_transform_no_draft', False, True),
+                                    ('imagenet_train_transform_uint8', True, False)):
     print(f'[bench input] {key}: {args.image_size}px crops of 640x427 JPEGs, {args.seconds}s ...',
           flush=True)
-    results[key] = bench_imagenet_transform(args.seconds, args.image_size, use_draft)
+    results[key] = bench_imagenet_transform(args.seconds, args.image_size, use_draft, normalize)
   print(f'[bench input] fashion_mnist_batches: batches of 256, {args.seconds}s ...', flush=True)
   try:
     results['fashion_mnist_batches'] = bench_fashion_mnist(args.seconds, args.fashion_dir)

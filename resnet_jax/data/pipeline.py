@@ -15,13 +15,25 @@ _READ_THREADS = 2  # Decoding threads per process (PIL releases the GIL while de
 _SHUFFLE_STREAM, _AUGMENT_STREAM = 0, 1
 
 
+def host_normalize(cfg) -> bool:
+  """data.host_normalize (default True): False yields uint8 images, normalised on the device."""
+  return bool(cfg.get('host_normalize', True))
+
+
+def mean_std(cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Per-channel mean and std the images are normalised with (on the host or the device)."""
+  mean, std = stats.mean_std(sources.stats_name(cfg.name), sources.source_meta(cfg).channels)
+  return tuple(mean), tuple(std)
+
+
 def _processor(cfg, train: bool) -> Processor:
   meta = sources.source_meta(cfg)
   mean, std = stats.mean_std(sources.stats_name(cfg.name), meta.channels)
   return Processor(image_size=cfg.image_size, channels=meta.channels, num_classes=meta.num_classes,
                    mean=tuple(mean), std=tuple(std), augment=cfg.augment if train else
                    ('imagenet' if cfg.augment == 'imagenet' else 'none'), train=train,
-                   randaugment=randaugment.parse(cfg.randaugment) if train else None)
+                   randaugment=randaugment.parse(cfg.randaugment) if train else None,
+                   normalize=host_normalize(cfg))
 
 
 def _per_process_batch(global_batch_size: int, process_index: int, process_count: int) -> int:
@@ -69,6 +81,9 @@ def create_train_iterator(data_config, *, seed: int, global_batch_size: int,
                           process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
   """Infinite per-process batches dict(image, label[, label_probs]); reshuffled every epoch."""
   cfg = data_config
+  if not host_normalize(cfg) and cfg.mixup_alpha > 0:
+    raise ValueError('data.mixup_alpha > 0 needs data.host_normalize=True (mixup blends images '
+                     'into floats; uint8 output would not stay uint8).')
   batch = _per_process_batch(global_batch_size, process_index, process_count)
   source = sources.open_split(cfg, cfg.train_split)
   processor = _processor(cfg, train=True)

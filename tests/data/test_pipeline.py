@@ -109,3 +109,22 @@ def test_two_workers_match_main_process(make_config):
   for x, y in zip(ref, got, strict=True):
     np.testing.assert_array_equal(x['image'], y['image'])
     np.testing.assert_array_equal(x['label'], y['label'])
+
+
+def test_host_normalize_false_yields_uint8_batches(make_config):
+  from resnet_jax.data.pipeline import mean_std
+  from resnet_jax.data.processing import normalize_pixels
+
+  cfg = make_config(image_size=16)
+  assert cfg.host_normalize  # The default keeps float32 normalised batches.
+  host = _labels_ids(cfg, 0, 32, 2)
+  raw = _labels_ids(make_config(image_size=16, host_normalize=False, cutmix_alpha=0.0), 0, 32, 2)
+  for x, y in zip(host, raw, strict=True):
+    assert y['image'].dtype == np.uint8
+    np.testing.assert_allclose(normalize_pixels(y['image'], *mean_std(cfg)), x['image'], atol=1e-5)
+  with pytest.raises(ValueError, match='host_normalize'):
+    data.create_train_iterator(make_config(host_normalize=False, mixup_alpha=0.2), seed=0,
+                               global_batch_size=32)
+  ev = data.create_eval_iterator(make_config(image_size=16, host_normalize=False),
+                                 global_batch_size=32)
+  assert next(ev)['image'].dtype == np.uint8

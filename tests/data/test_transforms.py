@@ -153,3 +153,24 @@ def test_mix_off_only_drops_index():
   batch = {'image': np.zeros((2, 4, 4, 1), np.float32), 'label': np.zeros(2, np.int32),
            'index': np.arange(2)}
   assert set(MixBatch(num_classes=3)(batch)) == {'image', 'label'}
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_uint8_output_normalised_equals_host_normalised(train):
+  """normalize=False yields the same pixels; normalize_pixels (numpy and jax) then matches."""
+  import jax.numpy as jnp
+
+  from resnet_jax.data.processing import normalize_pixels
+
+  host, raw = _imagenet(train=train), _imagenet(train=train, normalize=False)
+  for seed in range(4):
+    a = host({'image': _photo(), 'label': 1}, np.random.default_rng(seed))['image']
+    out = raw({'image': _photo(), 'label': 1}, np.random.default_rng(seed))
+    b = out['image']
+    assert b.dtype == np.uint8 and b.shape == (64, 64, 3) and out['valid']
+    np.testing.assert_allclose(normalize_pixels(b, *stats.IMAGENET), a, atol=1e-5)
+    dev = normalize_pixels(jnp.asarray(b[None]), *stats.IMAGENET)
+    assert dev.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(dev[0]), a, atol=1e-5)
+  bad = raw({'image': b'not a jpeg', 'label': 1, 'id': 'x'}, np.random.default_rng(0))
+  assert not bad['valid'] and bad['image'].dtype == np.uint8
