@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from resnet_jax.models import create_model
+from resnet_jax.models import create_model, model_fields, scan
 
 # The torchvision models these names load; the converter itself is generic over our ResNets.
 TORCHVISION_MODELS = (
@@ -105,6 +105,7 @@ def from_torchvision(state_dict_or_path, model_name: str, **overrides) -> dict[s
   else:
     state = _as_numpy(state_dict_or_path)
   num_classes = state['fc.weight'].shape[0] if 'fc.weight' in state else 1000
+  scanned = overrides.pop('scan_blocks', False)  # converted in the unrolled layout, then stacked
   abstract = _abstract_variables(model_name, num_classes, **overrides)
   out, used, problems = {}, set(), []
   for collection in ('params', 'batch_stats'):
@@ -132,12 +133,16 @@ def from_torchvision(state_dict_or_path, model_name: str, **overrides) -> dict[s
       f'These weights do not fit {model_name!r} ({len(problems)} problems):\n  {shown}{more}\n'
       'Check the model name (resnet_jax.models.list_models()) against the file.'
     )
+  if scanned:
+    stages = overrides.get('stage_sizes', model_fields(model_name)['stage_sizes'])
+    return scan.stack(out, stages)
   return out
 
 
 def to_torchvision(variables: dict[str, Any], model_name: str, as_torch: bool = True):
   """A torchvision state_dict (torch tensors, or numpy with as_torch=False) for `variables`."""
   del model_name  # the names follow from the variables; kept for a symmetric, explicit call
+  variables = scan.unroll(variables)  # torchvision's layout is the unrolled one
   state = {}
   for collection in ('params', 'batch_stats'):
     for path, value in traverse_util.flatten_dict(variables[collection]).items():

@@ -40,6 +40,11 @@ def shortcut(x: jnp.ndarray, features: int, strides: int, kind: str, conv, norm)
   if kind == 'pad':
     x = x[:, ::strides, ::strides, :]
     extra = features - x.shape[-1]
+    if extra < 0:
+      raise ValueError(
+        f"shortcut='pad' cannot narrow {x.shape[-1]} channels to {features}; use "
+        "shortcut='conv', or widths that never decrease."
+      )
     # Zeros on both sides of the channel axis, as in the paper's CIFAR code: no parameters.
     return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
   if kind == 'avg':

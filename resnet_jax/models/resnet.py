@@ -34,6 +34,21 @@ def _dense_bias_init(fan_in: int):
   ) - bound
 
 
+def _scan_blocks(block: nn.Module, x: jnp.ndarray, length: int) -> jnp.ndarray:
+  """Applies `block` `length` times with stacked parameters (leading axis = block index).
+
+  Parameters live at '<stage>_rest/...' with shape (length, ...); models/scan.py converts to
+  and from the unrolled names, which stay the checkpoint and interop format.
+  """
+  body = nn.scan(
+    lambda module, carry, _: (module(carry), None),
+    variable_axes={'params': 0, 'batch_stats': 0},
+    split_rngs={'params': True, 'dropout': True},
+    length=length,
+  )
+  return body(block, x, None)[0]
+
+
 class ResNet(nn.Module):
   """A residual network assembled from stage sizes, widths and a block type."""
 
@@ -56,6 +71,8 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32  # Compute dtype.
   param_dtype: Any = jnp.float32  # Parameter dtype.
   conv_impl: str = 'auto'  # How 1x1 convolutions lower: auto | xla | matmul (see layers.py).
+  scan_blocks: bool = False  # nn.scan over each stage's repeated blocks: compile time ~ depth^0.
+  remat: bool = False  # Rematerialise each block in the backward pass (less activation memory).
 
   def _check(self) -> None:
     if self.block not in BLOCKS:
@@ -95,14 +112,23 @@ class ResNet(nn.Module):
     stride = 4 if self.stem != 'cifar' else 1
     stages = {}
     block_cls = BLOCKS[self.block][self.preact]
+    if self.remat:
+      # Keep only each block's input for the backward pass; recompute the rest (~1/3 more
+      # forward FLOPs for a large cut in activation memory).
+      block_cls = nn.remat(block_cls)
     for i, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_widths)):
-      for j in range(num_blocks):
-        strides = 2 if i > 0 and j == 0 else 1
-        x = block_cls(
-          planes=planes, strides=strides, conv=conv, norm=norm, shortcut=self.shortcut,
-          zero_init_last=self.zero_init_residual, stride_in_1x1=self.stride_in_1x1,
-          groups=self.groups, width_per_group=self.width_per_group, name=f'layer{i + 1}_{j}',
-        )(x)
+      make_block = functools.partial(
+        block_cls, planes=planes, conv=conv, norm=norm, shortcut=self.shortcut,
+        zero_init_last=self.zero_init_residual, stride_in_1x1=self.stride_in_1x1,
+        groups=self.groups, width_per_group=self.width_per_group,
+      )
+      # The first block changes shape (stride, width); the others repeat one shape.
+      x = make_block(strides=2 if i > 0 else 1, name=f'layer{i + 1}_0')(x)
+      if self.scan_blocks and num_blocks > 2:
+        x = _scan_blocks(make_block(strides=1, name=f'layer{i + 1}_rest'), x, num_blocks - 1)
+      else:
+        for j in range(1, num_blocks):
+          x = make_block(strides=1, name=f'layer{i + 1}_{j}')(x)
       stride *= 2 if i > 0 else 1
       stages[f'C{stride.bit_length() - 1}'] = x
     if self.preact:

@@ -132,3 +132,19 @@ def test_every_other_torchvision_model_converts(name):
   variables = from_torchvision(net.state_dict(), name)
   n_ours = sum(np.size(a) for a in jax.tree.leaves(variables['params']))
   assert n_ours == sum(p.numel() for p in net.parameters())
+
+
+def test_scanned_layout_converts_through_the_unrolled_one():
+  net = _randomised_torchvision('resnet50')
+  variables = from_torchvision(net.state_dict(), 'resnet50', scan_blocks=True)
+  assert variables['params']['layer3_rest']['conv1']['kernel'].shape[0] == 5
+  x = np.random.default_rng(0).standard_normal((1, 3, 64, 64), dtype=np.float32)
+  with torch.no_grad():
+    ref = net(torch.from_numpy(x)).numpy()
+  out = create_model('resnet50', scan_blocks=True).apply(
+    variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
+  assert np.abs(np.asarray(out) - ref).max() <= 1e-4
+  back = to_torchvision(variables, 'resnet50', as_torch=False)
+  for k, v in net.state_dict().items():
+    if not k.endswith('num_batches_tracked'):
+      np.testing.assert_array_equal(back[k], v.numpy())
