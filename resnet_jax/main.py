@@ -25,6 +25,9 @@ def main(argv: list[str]) -> None:
   from resnet_jax import config_validation, train
   config_validation.validate_config(config, num_devices=jax.device_count())
   train.train_and_evaluate(config, _WORKDIR.value)
+  if jax.process_index() == 0:  # Curves PNG and where every output is (what `make demo` shows).
+    from resnet_jax import report
+    report.summarize_run(_WORKDIR.value)
 
 
 if __name__ == '__main__':

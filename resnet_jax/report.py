@@ -61,13 +61,16 @@ def _with_step(m: dict, key: str) -> str:
 
 def markdown_table(runs: list[plots.Run]) -> str:
   """One row per run with the COLUMNS; metrics a run did not log show as MISSING."""
-  lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
-  for run in runs:
-    m = final_metrics(run)
+  finals = [final_metrics(run) for run in runs]
+  # train.py does not log wall time (yet): a column of dashes would only be noise.
+  timed = any(m['wall_time'] is not None for m in finals)
+  columns = COLUMNS if timed else COLUMNS[:-1]
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  for run, m in zip(runs, finals, strict=True):
     cells = [run.name, _cell(m['steps']), _cell(m['train/loss']), _cell(m['train/top1']),
              _cell(m['eval/top1']), _with_step(m, 'best eval/top1'), _cell(m['eval/top5']),
              _with_step(m, 'best eval/top5'), _duration(m['wall_time'])]
-    lines.append('| ' + ' | '.join(cells) + ' |')
+    lines.append('| ' + ' | '.join(cells[:len(columns)]) + ' |')
   return '\n'.join(lines) + '\n'
 
 
