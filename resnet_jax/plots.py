@@ -55,7 +55,7 @@ def run_name(workdir: str) -> str:
   return os.path.basename(path.rstrip(os.sep)) or path
 
 
-def read_run(workdir: str, name: str | None = None, warn=sys.stderr) -> Run:
+def read_run(workdir: str, name: str | None = None, quiet: bool = False) -> Run:
   """The rows of WORKDIR/metrics.jsonl; lines that are not a JSON object with a numeric 'step'
   (a run killed mid-write, hand edits) are skipped with a warning naming file:line."""
   path = metrics_path(workdir)
@@ -75,12 +75,12 @@ def read_run(workdir: str, name: str | None = None, warn=sys.stderr) -> Run:
         reason = f'not JSON ({e.msg})'
       if reason:
         bad.append(number)
-        if warn is not None:
-          print(f'warning: {path}:{number}: skipped, {reason}', file=warn)
+        if not quiet:
+          print(f'warning: {path}:{number}: skipped, {reason}', file=sys.stderr)
         continue
       rows.append({k: v for k, v in row.items() if isinstance(v, (int, float))})
-  if bad and warn is not None:
-    print(f'warning: {path}: skipped {len(bad)} bad line(s) of {number}', file=warn)
+  if bad and not quiet:
+    print(f'warning: {path}: skipped {len(bad)} bad line(s) of {number}', file=sys.stderr)
   return Run(name=name or run_name(workdir), path=path, rows=rows, bad_lines=bad)
 
 

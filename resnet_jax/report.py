@@ -93,7 +93,7 @@ def write_report(workdirs: list[str], out_dir: str) -> tuple[str, str, str]:
 def summarize_run(workdir: str) -> str:
   """After training: plots WORKDIR/curves.png and prints where every output of the run is."""
   png = plots.plot_workdir(workdir)
-  run = plots.read_run(workdir, warn=None)  # plot_workdir already warned about bad lines.
+  run = plots.read_run(workdir, quiet=True)  # plot_workdir already warned about bad lines.
   outputs = [('metrics', run.path), ('TensorBoard', os.path.join(workdir, 'tensorboard')),
              ('curves', png), ('checkpoints', os.path.join(workdir, 'checkpoints')),
              ('config', os.path.join(workdir, 'config.json'))]
