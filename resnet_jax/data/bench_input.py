@@ -9,7 +9,7 @@ import time
 
 import ml_collections
 
-from resnet_jax.data import stats
+from resnet_jax.data import decode, stats
 from resnet_jax.data.processing import Processor
 
 
@@ -45,14 +45,14 @@ def _measure(step, seconds: float) -> dict:
 
 
 def bench_imagenet_transform(seconds: float, image_size: int, use_draft: bool,
-                             normalize: bool = True) -> dict:
+                             normalize: bool = True, partial_decode: bool = True) -> dict:
   """Random-resized crop + flip (+ normalise) of the two sample photos, one thread."""
   import numpy as np
 
   mean, std = stats.IMAGENET
   proc = Processor(image_size=image_size, channels=3, num_classes=1000, mean=mean, std=std,
                    augment='imagenet', train=True, use_draft=use_draft,
-                   normalize=normalize)
+                   normalize=normalize, partial_decode=partial_decode)
   photos = list(_sample_jpegs().values())
   rng = np.random.default_rng(0)
   state = {'i': 0}
@@ -85,12 +85,18 @@ def run(args) -> dict:
   """Runs the three measurements, printing progress."""
   results = {}
   # uint8: data.host_normalize=False, the normalisation left to the device.
-  for key, use_draft, normalize in (('imagenet_train_transform', True, True),
-                                    ('imagenet_train_transform_no_draft', False, True),
-                                    ('imagenet_train_transform_uint8', True, False)):
+  # _pil: whole-image PIL decode (no partial decode; what runs without the _jpegcrop extension).
+  for key, use_draft, normalize, partial in (
+      ('imagenet_train_transform', True, True, True),
+      ('imagenet_train_transform_no_draft', False, True, True),
+      ('imagenet_train_transform_uint8', True, False, True),
+      ('imagenet_train_transform_pil', True, True, False),
+      ('imagenet_train_transform_uint8_pil', True, False, False)):
     print(f'[bench input] {key}: {args.image_size}px crops of 640x427 JPEGs, {args.seconds}s ...',
           flush=True)
-    results[key] = bench_imagenet_transform(args.seconds, args.image_size, use_draft, normalize)
+    results[key] = bench_imagenet_transform(args.seconds, args.image_size, use_draft, normalize,
+                                            partial)
+  results['jpeg_partial_decode'] = decode._jpegcrop is not None
   print(f'[bench input] fashion_mnist_batches: batches of 256, {args.seconds}s ...', flush=True)
   try:
     results['fashion_mnist_batches'] = bench_fashion_mnist(args.seconds, args.fashion_dir)

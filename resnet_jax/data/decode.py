@@ -4,6 +4,7 @@ Anything that can be converted is converted; what cannot raises BadExample with 
 """
 
 import io
+import logging
 import warnings
 
 import numpy as np
@@ -12,6 +13,14 @@ from PIL import Image
 # Errors PIL raises for corrupt, truncated or unsupported files.
 _PIL_ERRORS = (OSError, ValueError, SyntaxError, TypeError, IndexError, EOFError,
                Image.DecompressionBombError, Image.UnidentifiedImageError)
+
+
+try:  # Optional C extension (needs libjpeg headers at install time): partial JPEG decoding.
+  from resnet_jax.data import _jpegcrop
+except ImportError as e:
+  _jpegcrop = None
+  _JPEGCROP_IMPORT_ERROR = str(e)
+_warned_no_jpegcrop = False
 
 
 class BadExample(Exception):
@@ -80,3 +89,34 @@ def convert(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == mode else img.convert(mode)
   except _PIL_ERRORS as e:
     raise BadExample(f'undecodable image ({type(e).__name__}: {e})') from None
+
+
+def decode_jpeg_box(data, img: Image.Image, box: tuple[int, int, int, int],
+                    scale: int = 1) -> Image.Image | None:
+  """RGB pixels of `box` = (left, top, right, bottom) of the JPEG `data` decoded at 1/`scale`.
+
+  Decodes only the rows down to the box's bottom and the iMCU columns around it (the
+  `_jpegcrop` extension); the pixels equal PIL's full decode cropped to the box. None when it
+  cannot (extension not built, colour space such as CMYK, corrupt or truncated data, libjpeg
+  warnings): the caller then decodes with PIL, whose verdict on damaged files stands.
+  `img` is `data` opened by open_image (its header gives the mode).
+  """
+  global _warned_no_jpegcrop
+  if _jpegcrop is None:
+    if not _warned_no_jpegcrop:
+      _warned_no_jpegcrop = True
+      logging.getLogger(__name__).warning(
+        'resnet_jax.data._jpegcrop is not built (%s): JPEGs are decoded whole with PIL (slower). '
+        'Install libjpeg62-turbo-dev and reinstall (pip install -e .) to build it.',
+        _JPEGCROP_IMPORT_ERROR)
+    return None
+  if img.format != 'JPEG' or img.mode not in ('RGB', 'L'):
+    return None
+  left, top, right, bottom = box
+  out = np.empty((bottom - top, right - left, 3), np.uint8)
+  try:
+    if not _jpegcrop.decode_crop_into(data, out, top, left, bottom - top, right - left, scale):
+      return None
+  except _jpegcrop.JpegError:
+    return None
+  return Image.frombuffer('RGB', (right - left, bottom - top), out, 'raw', 'RGB', 0, 1)

@@ -27,6 +27,8 @@ class Processor:
   train: bool = False
   randaugment: tuple[int, int] | None = None
   use_draft: bool = True
+  # Decode JPEGs only around the random-resized crop (decode._jpegcrop; same pixels as PIL's).
+  partial_decode: bool = True
   # False: yield the uint8 pixels [H, W, C] and leave (x / 255 - mean) / std to the device (4x less
   # host memory and host-to-device transfer, no per-pixel float work on the host).
   normalize: bool = True
@@ -65,7 +67,8 @@ class Processor:
         box = transforms.sample_crop_box(rng, img.width, img.height)
       else:
         box = transforms.center_crop_box(img.width, img.height)
-      img = transforms.resized_crop(img, box, size, self.channels, use_draft=self.use_draft)
+      img = transforms.resized_crop(img, box, size, self.channels, use_draft=self.use_draft,
+                                    data=data if self.partial_decode else None)
     else:
       img = transforms.fit(decode.convert(img, self.channels), size)
       if self.train and self.augment == 'cifar':
