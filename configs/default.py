@@ -20,6 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.half_precision = False  # bf16 compute (params and BatchNorm statistics stay fp32).
   config.init_checkpoint = ''  # Path to weights to start from when the workdir has no checkpoint.
   config.distributed = False  # Multi-host: jax.distributed.initialize() (auto-detected).
+  # Persistent XLA compilation cache: a second start of the same config skips compiling ('' = off).
+  config.compilation_cache_dir = '~/.cache/resnet_jax/xla'
 
   # ---- model -------------------------------------------------------------------------------
   config.model = ml_collections.ConfigDict()

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import optim, parallel, train
+from resnet_jax import compilation_cache, optim, parallel, train
 from resnet_jax.models import create_model
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -35,6 +35,9 @@ def add_arguments(parser) -> None:
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compiling')
   parser.add_argument('--repeat', type=int, default=1,
                       help='whole measurements (fresh compile each); medians of all reported')
+  parser.add_argument('--compilation-cache', default='',
+                      help='persistent compilation cache directory (run twice: the second '
+                           'compile_s is a warm start); default off, so compile_s is cold')
   parser.add_argument('--variant', action='append', default=[], metavar='NAME:FIELD=V,…',
                       help='compare model variants in one run, interleaved, e.g. '
                            '--variant xla:conv_impl=xla --variant mm:conv_impl=matmul')
@@ -189,6 +192,7 @@ def _header(args) -> dict:
 
 def run(args) -> dict:
   """The `train` subcommand: one configuration, or several compared as ratios."""
+  compilation_cache.enable(args.compilation_cache)
   peak = matmul_peak_gflops()
   variants = [parse_variant(v) for v in args.variant] or [('', {})]
   runs = {name: [] for name, _ in variants}

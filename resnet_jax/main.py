@@ -22,8 +22,9 @@ def main(argv: list[str]) -> None:
   parallel.initialize_distributed(config.distributed)
   import jax
 
-  from resnet_jax import config_validation, train
+  from resnet_jax import compilation_cache, config_validation, train
   config_validation.validate_config(config, num_devices=jax.device_count())
+  compilation_cache.enable(config.compilation_cache_dir)
   train.train_and_evaluate(config, _WORKDIR.value)
   if jax.process_index() == 0:  # Curves PNG and where every output is (what `make demo` shows).
     from resnet_jax import report
