@@ -21,6 +21,9 @@ except ImportError as e:
   _jpegcrop = None
   _JPEGCROP_IMPORT_ERROR = str(e)
 _warned_no_jpegcrop = False
+# The partial decode stops at the box's bottom, so it checks for the end-of-image marker within
+# this many bytes of the end instead (files with more trailing data after it go to PIL).
+_EOI_WINDOW = 4096
 
 
 class BadExample(Exception):
@@ -112,6 +115,10 @@ def decode_jpeg_box(data, img: Image.Image, box: tuple[int, int, int, int],
     return None
   if img.format != 'JPEG' or img.mode not in ('RGB', 'L'):
     return None
+  if not isinstance(data, bytes):
+    data = bytes(data)
+  if data.rfind(b'\xff\xd9', max(len(data) - _EOI_WINDOW, 0)) < 0:
+    return None  # No end-of-image marker: maybe truncated below the box, which PIL would reject.
   left, top, right, bottom = box
   out = np.empty((bottom - top, right - left, 3), np.uint8)
   try:
