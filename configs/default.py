@@ -19,7 +19,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = -1  # Evaluate every N steps; -1 = once per epoch, 0 = only at the end.
   config.half_precision = False  # bf16 compute (params and BatchNorm statistics stay fp32).
   config.init_checkpoint = ''  # Path to weights to start from when the workdir has no checkpoint.
-  config.distributed = False  # Multi-host: jax.distributed.initialize() (auto-detected).
+  config.distributed = False  # Multi-host: jax.distributed.initialize() (see launch/README.md).
+  # '' / -1 below: from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, else JAX's
+  # auto-detection (SLURM, Cloud TPU, Open MPI, Kubernetes).
+  config.distributed_coordinator = ''  # host:port of process 0's coordination service.
+  config.distributed_num_processes = -1  # Number of processes in the run.
+  config.distributed_process_id = -1  # This process's id, 0 .. num_processes - 1.
+  config.distributed_heartbeat_timeout_s = 30  # A peer silent this long is dead: all stop.
+  config.distributed_init_timeout_s = 300  # Wait this long for every process to connect.
   # Persistent XLA compilation cache: a second start of the same config skips compiling ('' = off).
   config.compilation_cache_dir = '~/.cache/resnet_jax/xla'
 

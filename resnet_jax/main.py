@@ -19,7 +19,10 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO, breaking the bar.
   # jax.distributed must start before anything asks jax about devices.
   from resnet_jax import parallel
-  parallel.initialize_distributed(config.distributed)
+  parallel.initialize_distributed(
+      config.distributed, config.distributed_coordinator, config.distributed_num_processes,
+      config.distributed_process_id, heartbeat_timeout_s=config.distributed_heartbeat_timeout_s,
+      initialization_timeout_s=config.distributed_init_timeout_s)
   import jax
 
   from resnet_jax import compilation_cache, config_validation, train
