@@ -27,6 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed_process_id = -1  # This process's id, 0 .. num_processes - 1.
   config.distributed_heartbeat_timeout_s = 30  # A peer silent this long is dead: all stop.
   config.distributed_init_timeout_s = 300  # Wait this long for every process to connect.
+  config.nonfinite_policy = 'stop'  # NaN/Inf loss or grad norm: stop | skip (keep the old state).
+  config.nonfinite_max_skips = 5  # nonfinite_policy=skip: stop after this many skips in a row.
   # Persistent XLA compilation cache: a second start of the same config skips compiling ('' = off).
   config.compilation_cache_dir = '~/.cache/resnet_jax/xla'
 
@@ -82,6 +84,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 1000  # Save every N steps (and always at the end).
   config.checkpoint.keep = 2  # Keep the N newest checkpoints.
+  config.checkpoint.keep_best = 0  # Also keep the K best by best_metric (saved with an eval).
+  config.checkpoint.best_metric = 'eval/top1'  # Metric ranking checkpoints for keep_best.
+  config.checkpoint.best_mode = 'max'  # max: higher best_metric is better | min.
+  # Debugging/negative-control switch: False leaves the data-iterator position out of the
+  # checkpoint, so a resumed run restarts the data order (tests/test_fault_tolerance.py).
+  config.checkpoint.save_data_state = True
 
   # ---- logging -----------------------------------------------------------------------------
   config.log = ml_collections.ConfigDict()

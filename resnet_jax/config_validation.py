@@ -121,6 +121,14 @@ def _check_values(config, num_devices: int | None) -> None:
                 ('coupled', 'decoupled'))
   _check_choice('optim.warmup_mode', config.optim.warmup_mode, ('linear', 'constant'))
   _check_choice('data.augment', config.data.augment, ('imagenet', 'cifar', 'none'))
+  _check_choice('nonfinite_policy', config.nonfinite_policy, ('stop', 'skip'))
+  _check_choice('checkpoint.best_mode', config.checkpoint.best_mode, ('max', 'min'))
+  if config.nonfinite_max_skips < 1:
+    raise ConfigError('nonfinite_max_skips', config.nonfinite_max_skips, 'an integer >= 1',
+                      'set --config.nonfinite_max_skips to e.g. 5.')
+  if config.checkpoint.keep_best < 0:
+    raise ConfigError('checkpoint.keep_best', config.checkpoint.keep_best, 'an integer >= 0',
+                      'use 0 for off or e.g. 1 to keep the best checkpoint.')
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:

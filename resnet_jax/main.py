@@ -28,7 +28,15 @@ def main(argv: list[str]) -> None:
   from resnet_jax import compilation_cache, config_validation, train
   config_validation.validate_config(config, num_devices=jax.device_count())
   compilation_cache.enable(config.compilation_cache_dir)
-  train.train_and_evaluate(config, _WORKDIR.value)
+  from resnet_jax import checkpoint, preemption
+  try:
+    train.train_and_evaluate(config, _WORKDIR.value)
+  except preemption.Preempted as e:  # Checkpoint written: a clean exit lets the scheduler retry.
+    print(e, flush=True)
+    return
+  except (checkpoint.CheckpointError, FloatingPointError) as e:
+    # These messages name the step, file and fix; a traceback through orbax adds nothing.
+    raise SystemExit(f'error: {e}') from None
   if jax.process_index() == 0:  # Curves PNG and where every output is (what `make demo` shows).
     from resnet_jax import report
     report.summarize_run(_WORKDIR.value)

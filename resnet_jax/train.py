@@ -13,6 +13,7 @@ batch_stats. With grad_accum_steps = k, statistics are over each micro-batch of 
 (as in any accumulation scheme) and the running statistics are updated k times per step.
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -26,8 +27,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 
-from resnet_jax import checkpoint, data, metrics, optim, parallel
+from resnet_jax import checkpoint, data, metrics, optim, parallel, preemption
 
 # ---- state ---------------------------------------------------------------------------------
 
@@ -43,9 +45,17 @@ class TrainState:
   ema_params: Any  # EMA of params ({} when optim.ema_decay == 0).
 
 
-def zero_train_metrics() -> dict[str, jax.Array]:
-  """On-device sums the train step adds to; fetched and reset every log_every_steps."""
-  return {k: jnp.zeros((), jnp.float32) for k in ('loss', 'top1', 'count', 'grad_norm', 'steps')}
+_METRIC_SUMS = ('loss', 'top1', 'count', 'grad_norm', 'steps', 'skipped', 'max_skip_run')
+
+
+def zero_train_metrics(skip_run: float = 0.0) -> dict[str, jax.Array]:
+  """On-device sums the train step adds to; fetched and reset every log_every_steps.
+
+  'skip_run' (non-finite steps skipped in a row, nonfinite_policy='skip') is not a sum: it
+  carries over a reset, so a run of skips across a log boundary is counted whole.
+  """
+  sums = {k: jnp.zeros((), jnp.float32) for k in _METRIC_SUMS}
+  return {**sums, 'skip_run': jnp.asarray(skip_run, jnp.float32)}
 
 
 # ---- loss and gradients --------------------------------------------------------------------
@@ -114,8 +124,14 @@ def accumulate_gradients(model, params, batch_stats, batch, rng, label_smoothing
 
 
 def train_step(state: TrainState, train_metrics: dict, batch: dict, *, model, tx,
-               label_smoothing: float = 0.0, grad_accum_steps: int = 1, ema_decay: float = 0.0):
-  """One optimiser update on a global batch; adds loss/top-1/count sums to `train_metrics`."""
+               label_smoothing: float = 0.0, grad_accum_steps: int = 1, ema_decay: float = 0.0,
+               skip_nonfinite: bool = False):
+  """One optimiser update on a global batch; adds loss/top-1/count sums to `train_metrics`.
+
+  skip_nonfinite: when the loss or gradient norm is not finite, keep params, batch_stats,
+  opt_state and EMA as they were (only `step` advances: the batch is consumed) and count the
+  skip. The choice is a select inside the jitted step, so it costs no host sync.
+  """
   rng = jax.random.fold_in(state.rng, state.step)
   grads, loss_sum, correct_sum, batch_stats = accumulate_gradients(
       model, state.params, state.batch_stats, batch, rng, label_smoothing, grad_accum_steps)
@@ -127,20 +143,32 @@ def train_step(state: TrainState, train_metrics: dict, batch: dict, *, model, tx
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, ema_params=ema_params)
   count = jnp.asarray(batch['label'].shape[0], jnp.float32)
-  new_metrics = {
-      'loss': train_metrics['loss'] + loss_sum,
-      'top1': train_metrics['top1'] + correct_sum,
-      'count': train_metrics['count'] + count,
-      'grad_norm': train_metrics['grad_norm'] + optax.tree.norm(grads),
-      'steps': train_metrics['steps'] + 1,
-  }
-  return new_state, new_metrics
+  grad_norm = optax.tree.norm(grads)
+  m = train_metrics
+  if not skip_nonfinite:
+    return new_state, {**m, 'loss': m['loss'] + loss_sum, 'top1': m['top1'] + correct_sum,
+                       'count': m['count'] + count, 'grad_norm': m['grad_norm'] + grad_norm,
+                       'steps': m['steps'] + 1}
+  ok = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
+  kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+  new_state = kept.replace(step=state.step + 1)
+  okf = ok.astype(jnp.float32)
+  skip_run = jnp.where(ok, 0.0, m['skip_run'] + 1)
+  # Skipped steps add nothing to the averages, which then describe the updates actually made.
+  return new_state, {**m, 'loss': m['loss'] + jnp.where(ok, loss_sum, 0.0),
+                     'top1': m['top1'] + okf * correct_sum, 'count': m['count'] + okf * count,
+                     'grad_norm': m['grad_norm'] + jnp.where(ok, grad_norm, 0.0),
+                     'steps': m['steps'] + okf, 'skipped': m['skipped'] + 1 - okf,
+                     'skip_run': skip_run, 'max_skip_run': jnp.maximum(m['max_skip_run'],
+                                                                        skip_run)}
 
 
-def create_train_step(model, tx, mesh, *, label_smoothing=0.0, grad_accum_steps=1, ema_decay=0.0):
+def create_train_step(model, tx, mesh, *, label_smoothing=0.0, grad_accum_steps=1, ema_decay=0.0,
+                      skip_nonfinite=False):
   """`train_step` jitted over `mesh`: batch sharded on 'data', state and metrics replicated."""
   step = functools.partial(train_step, model=model, tx=tx, label_smoothing=label_smoothing,
-                           grad_accum_steps=grad_accum_steps, ema_decay=ema_decay)
+                           grad_accum_steps=grad_accum_steps, ema_decay=ema_decay,
+                           skip_nonfinite=skip_nonfinite)
   repl, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
   # Donating state and metrics lets XLA update them in place: no second copy of the model.
   return jax.jit(step, in_shardings=(repl, repl, sharded), out_shardings=(repl, repl),
@@ -228,15 +256,75 @@ def create_train_state(model, tx, rng: jax.Array, image_shape: tuple[int, int, i
   return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
 
 
-def restore_or_init(manager, state: TrainState, data_iterator, init_checkpoint: str):
-  """(state, start_step): workdir's latest checkpoint -> init_checkpoint weights -> `state`."""
+HEAD = 'fc'  # The classifier's module name: re-initialised when fine-tuning to new classes.
+_TORCH_SUFFIXES = ('.pth', '.pt', '.safetensors')
+
+
+def load_init_weights(path: str, model_config, mesh) -> dict[str, Any]:
+  """{'params', 'batch_stats'} from our checkpoint (step dir, checkpoints dir or workdir) or a
+  torchvision .pth/.pt/.safetensors file, at the shapes stored there."""
+  if path.endswith(_TORCH_SUFFIXES) and os.path.isfile(path):
+    from resnet_jax.interop import torchvision  # Imported late: only fine-tuning needs it.
+    overrides = {'scan_blocks': True} if model_config.get('scan_blocks', False) else {}
+    variables = torchvision.from_torchvision(path, model_config.name, **overrides)
+    return jax.device_put(variables, parallel.replicated(mesh))
+  return checkpoint.restore_weights(path, parallel.replicated(mesh))
+
+
+def merge_init_weights(state: TrainState, loaded: dict[str, Any], source: str) -> TrainState:
+  """`state` with `loaded` params/batch_stats; a head of another shape keeps its fresh init."""
+  fresh = {'params': state.params, 'batch_stats': state.batch_stats}
+  saved_shapes = checkpoint.tree_shapes(loaded)
+  flat, treedef = jax.tree_util.tree_flatten_with_path(fresh)
+  reinit, mismatched, leaves = [], [], []
+  for path, leaf in flat:
+    name = checkpoint.path_name(path)
+    value = _lookup(loaded, name)
+    if value is not None and tuple(value.shape) == tuple(leaf.shape):
+      leaves.append(jnp.asarray(value, leaf.dtype))
+    elif value is not None and name.split('/')[1:2] == [HEAD]:
+      reinit.append(f'{name} {tuple(value.shape)} -> {tuple(leaf.shape)}')
+      leaves.append(leaf)
+    else:
+      mismatched.append(name)
+      leaves.append(leaf)
+  if mismatched:  # Outside the head a different shape is another architecture: refuse.
+    fresh_shapes = checkpoint.tree_shapes(fresh)
+    checkpoint.check_shapes(saved_shapes, {k: fresh_shapes[k] for k in mismatched},
+                            f'init_checkpoint {source}')
+  if reinit:
+    logging.warning('init_checkpoint %s: the head %r has another number of classes; it is '
+                    're-initialised (%s). Every other weight is loaded.', source, HEAD,
+                    ', '.join(reinit))
+  merged = jax.tree_util.tree_unflatten(treedef, leaves)
+  merged = jax.device_put(merged, jax.tree.map(lambda x: x.sharding, fresh))
+  ema = merged['params'] if state.ema_params else state.ema_params
+  return state.replace(params=merged['params'], batch_stats=merged['batch_stats'],
+                       ema_params=ema)
+
+
+def _lookup(tree: dict, name: str):
+  for key in name.split('/'):
+    if not isinstance(tree, dict) or key not in tree:
+      return None
+    tree = tree[key]
+  return tree
+
+
+def restore_or_init(manager, state: TrainState, data_iterator, config, mesh):
+  """(state, start_step) in the resume order: the workdir's latest *valid* checkpoint (state and
+  data position) -> config.init_checkpoint (weights only, step 0) -> the fresh `state`."""
   abstract = checkpoint.abstract_like(state)
-  restored = checkpoint.restore_latest(manager, abstract, data_iterator)
+  restored = checkpoint.restore_latest(manager, abstract, data_iterator,
+                                       restore_data_state=config.checkpoint.save_data_state)
   if restored is not None:
+    logging.warning('Resuming from checkpoint step %d in %s.', restored[1], manager.directory)
     return restored
-  if init_checkpoint:
-    loaded = checkpoint.restore_state(init_checkpoint, abstract)
-    return state.replace(params=loaded.params, batch_stats=loaded.batch_stats), 0
+  if config.init_checkpoint:
+    loaded = load_init_weights(config.init_checkpoint, config.model, mesh)
+    logging.warning('No checkpoint in %s: starting from the weights in init_checkpoint=%s.',
+                    manager.directory, config.init_checkpoint)
+    return merge_init_weights(state, loaded, config.init_checkpoint), 0
   return state, 0
 
 
@@ -257,14 +345,37 @@ def _check_finite(values: dict[str, float], first_step: int, last_step: int) -> 
   for key in ('train/loss', 'train/grad_norm'):
     if not np.isfinite(values[key]):
       raise FloatingPointError(
-          f'{key} is {values[key]} somewhere in steps {first_step}..{last_step}; lower '
-          '--config.optim.base_lr, add warm-up (optim.warmup_epochs), or check the input data.')
+          f'{key} is {values[key]} somewhere in steps {first_step}..{last_step}; the last '
+          'checkpoint before these steps is intact. Fix: lower --config.optim.base_lr, add '
+          'warm-up (optim.warmup_epochs), check the input data, or set '
+          "--config.nonfinite_policy=skip to skip such steps.")
+
+
+def _check_skips(fetched: dict, max_skips: int, first_step: int, last_step: int) -> None:
+  if fetched['max_skip_run'] >= max_skips:
+    raise FloatingPointError(
+        f'{int(fetched["max_skip_run"])} steps in a row had a non-finite loss or gradient norm '
+        f'(nonfinite_max_skips={max_skips}) within steps {first_step}..{last_step}; the last '
+        'checkpoint is intact. Fix: lower --config.optim.base_lr or check the input data.')
+
+
+@contextlib.contextmanager
+def _finish_saves_on_error(manager):
+  """On any exception, let an in-flight async save finish so the last checkpoint is whole."""
+  try:
+    yield
+  except BaseException:
+    try:
+      manager.wait_until_finished()
+    except Exception as e:  # Report the original error; this one only as context.
+      logging.warning('An async checkpoint write also failed: %r', e)
+    raise
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the last eval."""
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  checkpoint.check_writable(workdir)  # Fail now, not at the first save after an hour.
   if is_main:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
@@ -298,13 +409,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   image_shape = (config.data.image_size, config.data.image_size, info.image_shape[-1])
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), image_shape, mesh,
                              ema=config.optim.ema_decay > 0)
-  manager = checkpoint.create_manager(workdir, config.checkpoint.keep)
-  state, start_step = restore_or_init(manager, state, train_iter, config.init_checkpoint)
+  manager = checkpoint.create_manager(workdir, config.checkpoint)
+  state, start_step = restore_or_init(manager, state, train_iter, config, mesh)
+  config_dict = json.loads(config.to_json_best_effort())
+  skip_nonfinite = config.nonfinite_policy == 'skip'
 
   # ---- compiled steps ----------------------------------------------------------------------
   train_fn = create_train_step(
       model, tx, mesh, label_smoothing=config.optim.label_smoothing,
-      grad_accum_steps=config.optim.grad_accum_steps, ema_decay=config.optim.ema_decay)
+      grad_accum_steps=config.optim.grad_accum_steps, ema_decay=config.optim.ema_decay,
+      skip_nonfinite=skip_nonfinite)
   eval_fn = create_eval_step(model, mesh)
 
   # ---- loop --------------------------------------------------------------------------------
@@ -317,41 +431,83 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   bar = metrics.create_progress_bar(total_steps, start_step, config.log.progress_bar and is_main)
   last_log_step, last_log_time = start_step, time.time()
   eval_results: dict[str, float] = {}
-  for step in range(start_step + 1, total_steps + 1):
-    batch = parallel.global_batch(mesh, next(train_iter))
-    state, train_metrics = train_fn(state, train_metrics, batch)
-    bar.update(1)
+  last_saved, pending_save = start_step, None
 
-    if step % log_every == 0 or step == total_steps:
-      fetched = jax.device_get(train_metrics)  # The only host sync between evals.
-      now = time.time()
-      count = max(float(fetched['count']), 1.0)
-      values = {'train/loss': float(fetched['loss']) / count,
-                'train/top1': float(fetched['top1']) / count,
-                'train/grad_norm': float(fetched['grad_norm']) / max(float(fetched['steps']), 1),
-                'lr': float(schedule(step - 1)),
-                'images_per_sec': (step - last_log_step) * config.batch_size
-                                  / max(now - last_log_time, 1e-9),
-                'epoch': step / steps_per_epoch}
-      _check_finite(values, last_log_step + 1, step)
-      writer.write(step, values)
-      bar.set_postfix(loss=f"{values['train/loss']:.4f}", top1=f"{values['train/top1']:.3f}")
-      train_metrics = parallel.replicate(mesh, zero_train_metrics())
-      last_log_step, last_log_time = step, now
+  def save(step: int, eval_metrics: dict[str, float] | None) -> None:
+    nonlocal last_saved, pending_save
+    best = None
+    if eval_metrics and config.checkpoint.best_metric in eval_metrics:
+      best = {config.checkpoint.best_metric: eval_metrics[config.checkpoint.best_metric]}
+    checkpoint.save(manager, step, state, train_iter, config_dict, metrics=best,
+                    save_data_state=config.checkpoint.save_data_state,
+                    previous_step=pending_save)
+    last_saved = pending_save = step
 
-    if (eval_every > 0 and step % eval_every == 0) or step == total_steps:
-      eval_results = evaluate(eval_fn, eval_variable_sets(state), eval_batches(), mesh, num_eval)
-      writer.write(step, eval_results)
-      bar.write(f'step {step}: ' + ', '.join(
-          f'{k}={v:.4f}' for k, v in eval_results.items() if not k.endswith('/count')))
-      last_log_time = time.time()  # Keep eval time out of images_per_sec.
+  step, preempted = start_step, False
+  with preemption.PreemptionHandler() as signals, _finish_saves_on_error(manager):
+    for step in range(start_step + 1, total_steps + 1):
+      batch = parallel.global_batch(mesh, next(train_iter))
+      state, train_metrics = train_fn(state, train_metrics, batch)
+      bar.update(1)
+      preempted = signals.requested  # A host bool: checking it every step costs nothing.
+      save_now = step % config.checkpoint.every_steps == 0 or step == total_steps
 
-    if step % config.checkpoint.every_steps == 0 or step == total_steps:
-      checkpoint.save(manager, step, state, train_iter)
+      # Metrics are also fetched before every save: a state is only written after its loss and
+      # gradient norm were checked finite, so a non-finite stop leaves the last checkpoint good.
+      if step % log_every == 0 or save_now or preempted:
+        fetched = jax.device_get(train_metrics)  # The only host sync between evals.
+        now = time.time()
+        count = max(float(fetched['count']), 1.0)
+        values = {'train/loss': float(fetched['loss']) / count,
+                  'train/top1': float(fetched['top1']) / count,
+                  'train/grad_norm': float(fetched['grad_norm'])
+                                     / max(float(fetched['steps']), 1),
+                  'lr': float(schedule(step - 1)),
+                  'images_per_sec': (step - last_log_step) * config.batch_size
+                                    / max(now - last_log_time, 1e-9),
+                  'epoch': step / steps_per_epoch}
+        if skip_nonfinite:
+          values['train/skipped_steps'] = float(fetched['skipped'])
+          _check_skips(fetched, config.nonfinite_max_skips, last_log_step + 1, step)
+        _check_finite(values, last_log_step + 1, step)
+        if pending_save is not None:  # A failed async write stops the run at the next log.
+          checkpoint.check_errors(manager, pending_save)
+        writer.write(step, values)
+        bar.set_postfix(loss=f"{values['train/loss']:.4f}", top1=f"{values['train/top1']:.3f}")
+        train_metrics = parallel.replicate(mesh, zero_train_metrics(fetched['skip_run']))
+        last_log_step, last_log_time = step, now
+
+      if preempted:
+        break
+
+      step_eval = None
+      if (eval_every > 0 and step % eval_every == 0) or step == total_steps:
+        eval_results = evaluate(eval_fn, eval_variable_sets(state), eval_batches(), mesh,
+                                num_eval)
+        step_eval = eval_results
+        writer.write(step, eval_results)
+        bar.write(f'step {step}: ' + ', '.join(
+            f'{k}={v:.4f}' for k, v in eval_results.items() if not k.endswith('/count')))
+        last_log_time = time.time()  # Keep eval time out of images_per_sec.
+
+      if save_now:
+        save(step, step_eval)
+
+    if preempted:
+      t0 = time.time()
+      if step > last_saved:
+        save(step, None)
+      checkpoint.wait(manager)  # The exit status 0 promises the checkpoint is on disk.
+      manager.close()
+      bar.close()
+      writer.close()
+      logging.warning('%s: checkpoint of step %d written in %.1f s.', signals.signal_name, step,
+                      time.time() - t0)
+      raise preemption.Preempted(signals.signal_name, step)
 
   if start_step >= total_steps and not eval_results:  # Resumed a finished run: report it again.
     eval_results = evaluate(eval_fn, eval_variable_sets(state), eval_batches(), mesh, num_eval)
-  manager.wait_until_finished()
+  checkpoint.wait(manager)
   manager.close()
   bar.close()
   writer.close()
