@@ -127,7 +127,8 @@ def main(argv=None) -> int:
   except (ValueError, TypeError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  size = args.image_size or (32 if model.stem == 'cifar' else 224)
+  # Only ResNets have a `stem`; every other family is an ImageNet-sized network.
+  size = args.image_size or (32 if getattr(model, 'stem', None) == 'cifar' else 224)
   rows, totals = summarize(model, (1, size, size, args.channels), args.depth)
   print(format_table(rows, totals, f'{args.model} at {size}x{size}x{args.channels}'))
   return 0

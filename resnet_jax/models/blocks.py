@@ -63,6 +63,35 @@ def shortcut(x: jnp.ndarray, features: int, strides: int, kind: str, conv, norm)
   return norm(name='downsample_bn')(x) if norm is not None else x
 
 
+class SqueezeExcite(nn.Module):
+  """Squeeze-and-excitation (Hu et al. 2018): per-channel gates from the pooled branch.
+
+  mean over H, W -> 1x1 conv (C -> C // reduction, bias) -> ReLU -> 1x1 conv (-> C, bias) ->
+  sigmoid -> scale. 1x1 convolutions rather than Dense keep the kernels in timm's/torchvision's
+  SE layout (`se.fc1`, `se.fc2` as Conv2d), so their weights convert by renaming.
+  """
+
+  reduction: int
+  conv: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    channels = x.shape[-1]
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = nn.relu(self.conv(max(1, channels // self.reduction), (1, 1), use_bias=True,
+                          name='fc1')(s))
+    s = self.conv(channels, (1, 1), use_bias=True, name='fc2')(s)
+    return x * nn.sigmoid(s)
+
+
+def _se(block: nn.Module, y: jnp.ndarray) -> jnp.ndarray:
+  # On the residual branch after its last BN, before the addition (Hu et al., Fig. 3): the
+  # identity path stays ungated.
+  if not block.se_reduction:
+    return y
+  return SqueezeExcite(block.se_reduction, block.conv, name='se')(y)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions (ResNet-18/34, CIFAR ResNets); post-activation."""
 
@@ -76,6 +105,7 @@ class BasicBlock(nn.Module):
   stride_in_1x1: bool = False  # No 1x1 convolution here: accepted so every block takes one table.
   groups: int = 1
   width_per_group: int = 64
+  se_reduction: int = 0  # Squeeze-excitation on the residual branch (Hu et al.); 0 = none.
 
   expansion = 1
 
@@ -90,7 +120,7 @@ class BasicBlock(nn.Module):
     y = self.conv(self.planes, (3, 3), strides=s, padding=_pad(1), name='conv1')(x)
     y = self.act(self.norm(name='bn1')(y))
     y = self.conv(self.planes, (3, 3), padding=_pad(1), name='conv2')(y)
-    y = self.norm(name='bn2', scale_init=_last_scale_init(self.zero_init_last))(y)
+    y = _se(self, self.norm(name='bn2', scale_init=_last_scale_init(self.zero_init_last))(y))
     if self.shortcut != 'none':
       y = y + shortcut(x, self.planes, self.strides, self.shortcut, self.conv, self.norm)
     return self.act(y)
@@ -113,6 +143,7 @@ class Bottleneck(nn.Module):
   stride_in_1x1: bool = False
   groups: int = 1
   width_per_group: int = 64
+  se_reduction: int = 0  # Squeeze-excitation on the residual branch (Hu et al.); 0 = none.
 
   expansion = 4
 
@@ -129,7 +160,7 @@ class Bottleneck(nn.Module):
     )(y)
     y = self.act(self.norm(name='bn2')(y))
     y = self.conv(self.planes * self.expansion, (1, 1), name='conv3')(y)
-    y = self.norm(name='bn3', scale_init=_last_scale_init(self.zero_init_last))(y)
+    y = _se(self, self.norm(name='bn3', scale_init=_last_scale_init(self.zero_init_last))(y))
     if self.shortcut != 'none':
       y = y + shortcut(
         x, self.planes * self.expansion, self.strides, self.shortcut, self.conv, self.norm
@@ -154,6 +185,7 @@ class PreActBasicBlock(nn.Module):
   stride_in_1x1: bool = False
   groups: int = 1
   width_per_group: int = 64
+  se_reduction: int = 0  # Squeeze-excitation on the residual branch (Hu et al.); 0 = none.
 
   expansion = 1
 
@@ -182,6 +214,7 @@ class PreActBottleneck(nn.Module):
   stride_in_1x1: bool = False
   groups: int = 1
   width_per_group: int = 64
+  se_reduction: int = 0  # Squeeze-excitation on the residual branch (Hu et al.); 0 = none.
 
   expansion = 4
 
@@ -204,6 +237,11 @@ class PreActBottleneck(nn.Module):
 
 
 def _preact_shortcut(block: nn.Module, x, pre, features: int) -> jnp.ndarray:
+  if block.se_reduction:
+    raise ValueError(
+      f'se_reduction={block.se_reduction} with preact=True: squeeze-excitation is defined here '
+      'for post-activation blocks only; set preact=False or se_reduction=0.'
+    )
   # Identity keeps the raw input (the clean identity path is the point of pre-activation);
   # a projection reads the normalised input, so the first BN serves both paths.
   if block.strides == 1 and x.shape[-1] == features:

@@ -8,6 +8,11 @@ Variant letters (He et al. 2019, "Bag of Tricks"; timm's naming):
 CIFAR ResNets follow He et al. 2016 §4.2 (16/32/64 filters, 6n+2 layers, option A shortcut;
 `create_model('cifar_resnet20', shortcut='conv')` gives option B). `plain*` are the same
 networks without shortcuts, for the degradation study (Fig. 6).
+
+Beyond the ResNet family (each its own module class, see MODEL_CLASSES): SE-ResNet/ResNeXt (Hu
+et al. 2018; SE reduction 16 in every block, stride on the 3x3 as torchvision/timm), ResNeSt
+(Zhang et al. 2020: deep stem, avg-down shortcut, radix-2 split attention), VGG and GoogLeNet as
+torchvision builds them, and keras.applications' ResNets (`keras_resnet50`, `keras_resnet50v2`).
 """
 
 import difflib
@@ -15,7 +20,11 @@ import types
 
 import flax.linen as nn
 
+from resnet_jax.models.googlenet import GoogLeNet
+from resnet_jax.models.keras_resnet import KERAS_DEPTHS, KerasResNet
 from resnet_jax.models.resnet import ResNet
+from resnet_jax.models.vgg import CONFIGS as VGG_CONFIGS
+from resnet_jax.models.vgg import VGG
 
 _IMAGENET_DEPTHS = {
   18: ('basic', (2, 2, 2, 2)),
@@ -30,7 +39,7 @@ _CIFAR = dict(stem='cifar', stem_width=16, stage_widths=(16, 32, 64), num_classe
 
 def _imagenet(depth: int, **fields) -> dict:
   block, stages = _IMAGENET_DEPTHS[depth]
-  return dict(block=block, stage_sizes=stages, **fields)
+  return {**dict(block=block, stage_sizes=stages), **fields}
 
 
 def _cifar(depth: int, **fields) -> dict:
@@ -57,6 +66,14 @@ def _build_table() -> dict[str, dict]:
   for d in (20, 32, 44, 56, 110):
     table[f'cifar_resnet{d}'] = _cifar(d)
     table[f'cifar_plain{d}'] = _cifar(d, shortcut='none')
+  for d in (50, 101):
+    table[f'seresnet{d}'] = _imagenet(d, se_reduction=16)
+  table['seresnext50_32x4d'] = _imagenet(50, groups=32, width_per_group=4, se_reduction=16)
+  # ResNeSt-50: deep stem 32-32-64; ResNeSt-101: 64-64-128 (the paper's stem_width 64).
+  table['resnest50'] = _imagenet(50, block='resnest', stem='deep', shortcut='avg', radix=2)
+  table['resnest101'] = _imagenet(
+    101, block='resnest', stem='deep', stem_width=128, shortcut='avg', radix=2
+  )
   # A few thousand parameters: compiles in seconds, for tests of everything around the model.
   table['resnet_tiny'] = dict(
     block='basic', stage_sizes=(1, 1), stage_widths=(8, 16), stem='cifar', stem_width=8,
@@ -65,8 +82,27 @@ def _build_table() -> dict[str, dict]:
   return table
 
 
-# Read-only view: the table is data, not a place to register things at run time.
-MODEL_TABLE = types.MappingProxyType(_build_table())
+def _other_families() -> dict[str, tuple[type, dict]]:
+  table = {}
+  for d in VGG_CONFIGS:
+    table[f'vgg{d}'] = (VGG, dict(depth=d))
+    table[f'vgg{d}_bn'] = (VGG, dict(depth=d, batch_norm=True))
+  table['googlenet'] = (GoogLeNet, {})
+  for d, stages in KERAS_DEPTHS.items():
+    table[f'keras_resnet{d}'] = (KerasResNet, dict(stage_sizes=stages))
+    table[f'keras_resnet{d}v2'] = (KerasResNet, dict(stage_sizes=stages, preact=True))
+  return table
+
+
+_OTHERS = _other_families()
+# Read-only views: the table is data, not a place to register things at run time.
+MODEL_TABLE = types.MappingProxyType(
+  {**_build_table(), **{name: fields for name, (_, fields) in _OTHERS.items()}}
+)
+# The module class of each name; everything not listed is a `ResNet`.
+MODEL_CLASSES = types.MappingProxyType(
+  {name: cls for name, (cls, _) in _OTHERS.items()}
+)
 
 
 def list_models() -> list[str]:
@@ -74,8 +110,14 @@ def list_models() -> list[str]:
   return sorted(MODEL_TABLE)
 
 
+def model_class(name: str) -> type:
+  """The flax module class that builds `name` (ResNet, VGG, GoogLeNet or KerasResNet)."""
+  model_fields(name)  # the helpful unknown-name error
+  return MODEL_CLASSES.get(name, ResNet)
+
+
 def model_fields(name: str) -> dict:
-  """The ResNet fields that define `name` (a copy)."""
+  """The fields (of `model_class(name)`) that define `name` (a copy)."""
   if name not in MODEL_TABLE:
     close = difflib.get_close_matches(name, MODEL_TABLE, n=3)
     hint = f' Did you mean {", ".join(close)}?' if close else ''
@@ -87,12 +129,14 @@ def model_fields(name: str) -> dict:
 
 
 def create_model(name: str, **overrides) -> nn.Module:
-  """The named model, with any ResNet field overridden (num_classes=10, dtype=jnp.bfloat16, …)."""
+  """The named model, with any field overridden (num_classes=10, dtype=jnp.bfloat16, …)."""
   fields = model_fields(name)
-  known = set(ResNet.__dataclass_fields__) - {'parent', 'name'}
+  cls = model_class(name)
+  known = set(cls.__dataclass_fields__) - {'parent', 'name'}
   unknown = sorted(set(overrides) - known)
   if unknown:
     raise TypeError(
-      f'create_model({name!r}) got unknown field(s) {unknown}; ResNet fields are {sorted(known)}.'
+      f'create_model({name!r}) got unknown field(s) {unknown}; {cls.__name__} fields are '
+      f'{sorted(known)}.'
     )
-  return ResNet(**{**fields, **overrides})
+  return cls(**{**fields, **overrides})

@@ -17,6 +17,10 @@ import jax.numpy as jnp
 
 from resnet_jax.models.blocks import BLOCKS, SHORTCUTS, _pad
 from resnet_jax.models.layers import CONV_IMPLS, Conv, max_pool_3x3_s2
+from resnet_jax.models.resnest import ResNeStBottleneck
+
+# ResNeSt's block lives in its own module (it imports the shortcut from blocks); no pre-act form.
+_BLOCKS = {**BLOCKS, 'resnest': {False: ResNeStBottleneck}}
 
 # torchvision's initialisation, so a fresh model here starts where a fresh torchvision one does:
 # Kaiming-normal (fan_out, ReLU gain) convolutions, and nn.Linear's U(-1/sqrt(fan_in), ...).
@@ -62,6 +66,8 @@ class ResNet(nn.Module):
   stride_in_1x1: bool = False  # Bottleneck stride on the first 1x1 (v1) instead of the 3x3 (v1.5).
   groups: int = 1  # Grouped 3x3 convolution (ResNeXt cardinality).
   width_per_group: int = 64  # Bottleneck width per group: 4 for 32x4d, 128 for Wide ResNet-50-2.
+  se_reduction: int = 0  # Squeeze-excitation in every block (SE-ResNet: 16); 0 = none.
+  radix: int = 2  # Split-attention radix; read by block='resnest' only (ResNeSt: 2).
   num_classes: int = 1000  # Classifier outputs.
   include_top: bool = True  # Pool + classifier; False returns features (see `pooling`).
   pooling: str | None = 'avg'  # Without the top: 'avg' | 'max' pooled vector, None = feature map.
@@ -75,8 +81,10 @@ class ResNet(nn.Module):
   remat: bool = False  # Rematerialise each block in the backward pass (less activation memory).
 
   def _check(self) -> None:
-    if self.block not in BLOCKS:
-      raise ValueError(f'block={self.block!r}: expected one of {sorted(BLOCKS)}.')
+    if self.block not in _BLOCKS:
+      raise ValueError(f'block={self.block!r}: expected one of {sorted(_BLOCKS)}.')
+    if self.preact and self.preact not in _BLOCKS[self.block]:
+      raise ValueError(f'block={self.block!r} has no pre-activation form; set preact=False.')
     if self.stem not in STEMS:
       raise ValueError(f'stem={self.stem!r}: expected one of {STEMS}.')
     if self.shortcut not in SHORTCUTS:
@@ -111,7 +119,8 @@ class ResNet(nn.Module):
     x = self._stem(x, conv, norm)
     stride = 4 if self.stem != 'cifar' else 1
     stages = {}
-    block_cls = BLOCKS[self.block][self.preact]
+    block_cls = _BLOCKS[self.block][self.preact]
+    extra = {'radix': self.radix} if self.block == 'resnest' else {}
     if self.remat:
       # Keep only each block's input for the backward pass; recompute the rest (~1/3 more
       # forward FLOPs for a large cut in activation memory).
@@ -121,6 +130,7 @@ class ResNet(nn.Module):
         block_cls, planes=planes, conv=conv, norm=norm, shortcut=self.shortcut,
         zero_init_last=self.zero_init_residual, stride_in_1x1=self.stride_in_1x1,
         groups=self.groups, width_per_group=self.width_per_group,
+        se_reduction=self.se_reduction, **extra,
       )
       # The first block changes shape (stride, width); the others repeat one shape.
       x = make_block(strides=2 if i > 0 else 1, name=f'layer{i + 1}_0')(x)

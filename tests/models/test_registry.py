@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from resnet_jax.models import create_model, list_models, model_fields
+from resnet_jax.models import ResNet, create_model, list_models, model_fields
+from resnet_jax.models.vgg import VGG
 from resnet_jax.summary import summarize
 
 # torchvision's own totals (torchvision.models.<name>().parameters()), checked against torch in
@@ -22,6 +23,18 @@ EXPECTED_PARAMS = {
   'wide_resnet50_2': 68_883_240,
   'wide_resnet101_2': 126_886_696,
   'resnet50d': 25_576_264,
+  # torchvision (checked against torch itself in tests/interop/test_torchvision_zoo.py).
+  'vgg11': 132_863_336,
+  'vgg16': 138_357_544,
+  'vgg16_bn': 138_365_992,
+  'googlenet': 6_624_904,  # without the aux heads, as torchvision's published count
+  # timm's seresnet50/101, seresnext50_32x4d, resnest50d, resnest101e (same definitions);
+  # papers: SE-ResNet-50 28.1M (Hu et al.), ResNeSt-50 27.5M and -101 48.3M (Zhang et al.).
+  'seresnet50': 28_088_024,
+  'seresnet101': 49_326_872,
+  'seresnext50_32x4d': 27_559_896,
+  'resnest50': 27_483_240,
+  'resnest101': 48_275_016,
 }
 CIFAR_PAPER_PARAMS_M = {20: '0.27', 32: '0.46', 44: '0.66', 56: '0.85', 110: '1.7'}
 # torchvision's model table (GMACs at 224x224).
@@ -30,7 +43,7 @@ EXPECTED_GMACS = {'resnet18': 1.81, 'resnet50': 4.09, 'resnet152': 11.51}
 
 def _abstract(name, size=None, **overrides):
   model = create_model(name, **overrides)
-  size = size or (32 if model.stem == 'cifar' else 224)
+  size = size or (32 if getattr(model, 'stem', None) == 'cifar' else 224)
   x = jnp.zeros((2, size, size, 3))
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
   out = jax.eval_shape(lambda v: model.apply(v, x, train=False, return_stages=True), variables)
@@ -58,15 +71,22 @@ def test_every_model_shapes(name):
   model, variables, out = _abstract(name)
   assert out['output'].shape == (2, model.num_classes)
   assert out['output'].dtype == jnp.float32
-  assert set(variables) == {'params', 'batch_stats'}
+  # VGG without BN has no statistics, hence no 'batch_stats' collection (flax drops empty ones).
+  no_bn = isinstance(model, VGG) and not model.batch_norm
+  assert set(variables) == ({'params'} if no_bn else {'params', 'batch_stats'})
   stages = sorted(k for k in out if k.startswith('C'))
-  if model.stem == 'cifar':
+  if not isinstance(model, ResNet):
+    # Other families: every stage they report has the stride its key says; C5 is 7x7 at 224.
+    assert stages[-1] == 'C5' and len(stages) >= 3
+    for k in stages:
+      assert out[k].shape[1] == 224 // 2 ** int(k[1:]), k
+  elif model.stem == 'cifar':
     if name != 'resnet_tiny':
       assert [out[k].shape[1] for k in stages] == [32, 16, 8]
   else:
     assert stages == ['C2', 'C3', 'C4', 'C5']
     assert [out[k].shape[1] for k in stages] == [56, 28, 14, 7]
-    expansion = 4 if model.block == 'bottleneck' else 1
+    expansion = 1 if model.block == 'basic' else 4  # bottleneck and resnest blocks
     assert out['C5'].shape[-1] == 512 * expansion
 
 
