@@ -24,6 +24,8 @@ TORCHVISION_MODELS = (
   'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
   'resnext50_32x4d', 'resnext101_32x8d', 'resnext101_64x4d',
   'wide_resnet50_2', 'wide_resnet101_2',
+  'vgg11', 'vgg13', 'vgg16', 'vgg19', 'vgg11_bn', 'vgg13_bn', 'vgg16_bn', 'vgg19_bn',
+  'googlenet',
 )
 
 _LEAF_TO_TORCH = {
@@ -34,13 +36,17 @@ _LEAF_TO_TORCH = {
   ('batch_stats', 'var'): 'running_var',
 }
 _MODULE_TO_TORCH = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}
+# torch Sequential children: `layer1_0` is `layer1.0`; VGG's `features_3`, `classifier_6`, and
+# GoogLeNet's `branch2_1` likewise.
+_SEQUENTIAL = re.compile(r'^(layer\d+|features|classifier|branch\d)_(\d+)$')
 _IGNORED_TORCH_SUFFIXES = ('num_batches_tracked',)
+_HEAD_KEYS = ('fc.weight', 'classifier.6.weight')  # ResNet/GoogLeNet, VGG: gives num_classes
 
 
 def torch_key(collection: str, path: tuple[str, ...]) -> str:
   """The torchvision state_dict key of one Flax leaf, e.g. ('layer1_0', 'bn1', 'scale')."""
   *modules, leaf = path
-  parts = [_MODULE_TO_TORCH.get(m, re.sub(r'^(layer\d+)_(\d+)$', r'\1.\2', m)) for m in modules]
+  parts = [_MODULE_TO_TORCH.get(m, _SEQUENTIAL.sub(r'\1.\2', m)) for m in modules]
   return '.'.join([*parts, _LEAF_TO_TORCH[(collection, leaf)]])
 
 
@@ -104,12 +110,17 @@ def from_torchvision(state_dict_or_path, model_name: str, **overrides) -> dict[s
     state = load_state_dict(state_dict_or_path)
   else:
     state = _as_numpy(state_dict_or_path)
-  num_classes = state['fc.weight'].shape[0] if 'fc.weight' in state else 1000
+  head = next((k for k in _HEAD_KEYS if k in state), None)
+  num_classes = state[head].shape[0] if head else 1000
+  if model_name == 'googlenet' and 'aux1.fc2.weight' in state:
+    # torchvision builds googlenet with aux heads unless told otherwise; ours defaults to none.
+    overrides.setdefault('aux_logits', True)
   scanned = overrides.pop('scan_blocks', False)  # converted in the unrolled layout, then stacked
   abstract = _abstract_variables(model_name, num_classes, **overrides)
   out, used, problems = {}, set(), []
   for collection in ('params', 'batch_stats'):
-    flat = traverse_util.flatten_dict(abstract[collection])
+    # VGG without BN has no 'batch_stats' at all.
+    flat = traverse_util.flatten_dict(abstract.get(collection, {}))
     converted = {}
     for path, leaf in flat.items():
       key = torch_key(collection, path)
@@ -145,7 +156,7 @@ def to_torchvision(variables: dict[str, Any], model_name: str, as_torch: bool = 
   variables = scan.unroll(variables)  # torchvision's layout is the unrolled one
   state = {}
   for collection in ('params', 'batch_stats'):
-    for path, value in traverse_util.flatten_dict(variables[collection]).items():
+    for path, value in traverse_util.flatten_dict(variables.get(collection, {})).items():
       state[torch_key(collection, path)] = _to_torch_layout(np.asarray(value))
   for key in [k for k in state if k.endswith('running_var')]:
     # torchvision's BatchNorm keeps this counter; 0 is what a loaded, untrained model has.
