@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Re-install whenever the dependency declaration or the pins change.
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,torch
+EXTRAS ?= dev,torch,keras
 WORKDIR ?= workdirs/demo
 
 .PHONY: demo test lint bench clean

@@ -36,8 +36,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = 'cifar_resnet20'  # Any name from resnet_jax.models.list_models().
   config.model.zero_init_residual = True  # Last BN scale of each residual branch starts at 0.
-  config.model.bn_momentum = 0.9  # Running-stats decay (flax convention: torch's 0.1 is 0.9 here).
-  config.model.bn_epsilon = 1e-5  # BatchNorm epsilon (torchvision's value).
+  # Running-stats decay in flax's convention (torch's momentum 0.1 is 0.9); -1 = the model's own.
+  config.model.bn_momentum = -1.0
+  config.model.bn_epsilon = -1.0  # BatchNorm epsilon; -1 = the model's own (ResNet 1e-5).
+  config.model.conv_impl = 'auto'  # 1x1 convolutions: auto (matmul on CPU) | xla | matmul.
+  config.model.scan_blocks = False  # nn.scan over repeated blocks: faster compiles of deep nets.
+  config.model.remat = False  # Recompute each block in the backward pass to save memory.
 
   # ---- data --------------------------------------------------------------------------------
   config.data = ml_collections.ConfigDict()

@@ -43,13 +43,22 @@ def _layer_macs(module: nn.Module, inputs, output) -> int:
 def summarize(model: nn.Module, input_shape: tuple, depth: int = 1) -> tuple[list[Row], dict]:
   """Rows for modules `depth` levels deep (0 = every layer) and totals, for one example."""
   calls = []  # (path, kind, output shape, macs) of every module call, in call order
+  # Paths whose __call__ is running: a subclass calling super().__call__ (our Conv -> nn.Conv)
+  # is one layer, recorded once.
+  active = set()
 
   def record(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    if context.method_name == '__call__' and context.module.path:
-      shape = out.shape if hasattr(out, 'shape') else ()
-      calls.append((context.module.path, type(context.module).__name__, tuple(shape),
-                    _layer_macs(context.module, args, out)))
+    path = context.module.path
+    if context.method_name != '__call__' or not path or path in active:
+      return next_fun(*args, **kwargs)
+    active.add(path)
+    try:
+      out = next_fun(*args, **kwargs)
+    finally:
+      active.discard(path)
+    shape = out.shape if hasattr(out, 'shape') else ()
+    calls.append((path, type(context.module).__name__, tuple(shape),
+                  _layer_macs(context.module, args, out)))
     return out
 
   x = jnp.zeros(input_shape, jnp.float32)

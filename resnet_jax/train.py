@@ -334,11 +334,14 @@ def restore_or_init(manager, state: TrainState, data_iterator, config, mesh):
 def create_model_from_config(config: ml_collections.ConfigDict, num_classes: int):
   """The configured model; bf16 compute when config.half_precision (params stay fp32)."""
   from resnet_jax.models import create_model  # Imported late: models is a sibling package.
+  # Fields at their "unset" value are not passed, so each model keeps its own default (GoogLeNet's
+  # BN epsilon is 1e-3, Keras' momentum 0.99) and families without the option still build.
+  unset = {'bn_momentum': -1.0, 'bn_epsilon': -1.0, 'conv_impl': 'auto', 'scan_blocks': False,
+           'remat': False}
+  fields = {k: v for k, v in config.model.items() if k != 'name' and unset.get(k, None) != v}
   return create_model(
       config.model.name, num_classes=num_classes,
-      dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
-      zero_init_residual=config.model.zero_init_residual, bn_momentum=config.model.bn_momentum,
-      bn_epsilon=config.model.bn_epsilon)
+      dtype=jnp.bfloat16 if config.half_precision else jnp.float32, **fields)
 
 
 def _check_finite(values: dict[str, float], first_step: int, last_step: int) -> None:
