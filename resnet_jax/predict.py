@@ -153,7 +153,6 @@ def load_run(path: str, model_name: str | None = None) -> Predictor:
   import ml_collections
 
   from resnet_jax.data import pipeline, sources
-  from resnet_jax.models import create_model
 
   config_path, step_dir = resolve_run(path)
   with open(config_path) as f:
@@ -168,8 +167,10 @@ def load_run(path: str, model_name: str | None = None) -> Predictor:
   # The pipeline's own eval processor, so prediction cannot drift from evaluation; normalised on
   # the host whatever the run's data.host_normalize.
   processor = dataclasses.replace(pipeline._processor(config.data, train=False), normalize=True)
-  model = create_model(config.model.name, num_classes=meta.num_classes,
-                       bn_epsilon=config.model.bn_epsilon)
+  # The trainer's own construction (same model options), always computing in float32.
+  from resnet_jax.train import create_model_from_config
+  config.half_precision = False
+  model = create_model_from_config(config, meta.num_classes)
   variables = _restore_variables(step_dir, model, processor.shape)
   return Predictor(model, variables, labels, lambda data: processor.image(data, None),
                    f'{config.model.name} on {config.data.name} from {step_dir}')
