@@ -92,20 +92,35 @@ def _se(block: nn.Module, y: jnp.ndarray) -> jnp.ndarray:
   return SqueezeExcite(block.se_reduction, block.conv, name='se')(y)
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convolutions (ResNet-18/34, CIFAR ResNets); post-activation."""
+class Block(nn.Module):
+  """Fields every residual block takes, so that one table of arguments builds any of them."""
 
-  planes: int
+  planes: int  # Width of the block's 3x3 stage; the output has planes * expansion channels.
   strides: int
   conv: ModuleDef
   norm: ModuleDef
   act: Callable = nn.relu
-  shortcut: str = 'conv'
+  shortcut: str = 'conv'  # See SHORTCUTS.
   zero_init_last: bool = True
-  stride_in_1x1: bool = False  # No 1x1 convolution here: accepted so every block takes one table.
-  groups: int = 1
-  width_per_group: int = 64
+  stride_in_1x1: bool = False  # Bottlenecks only: stride on the first 1x1 (v1) or the 3x3 (v1.5).
+  groups: int = 1  # Bottlenecks only: grouped 3x3 (ResNeXt cardinality).
+  width_per_group: int = 64  # Bottlenecks only: 4 for 32x4d, 128 for Wide ResNet-50-2.
   se_reduction: int = 0  # Squeeze-excitation on the residual branch (Hu et al.); 0 = none.
+
+  expansion = 1
+
+  def bottleneck_width(self) -> int:
+    # torchvision's width rule: ResNeXt-50 32x4d -> 128 at planes 64; Wide-50-2 -> 128 too.
+    return int(self.planes * (self.width_per_group / 64.0)) * self.groups
+
+  def bottleneck_strides(self) -> tuple[int, int]:
+    """(stride of the first 1x1, stride of the 3x3)."""
+    return (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+
+
+class BasicBlock(Block):
+  """Two 3x3 convolutions (ResNet-18/34, CIFAR ResNets); post-activation."""
+
 
   expansion = 1
 
@@ -126,32 +141,19 @@ class BasicBlock(nn.Module):
     return self.act(y)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(Block):
   """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand x4; post-activation.
 
   `stride_in_1x1=False` strides the 3x3 convolution (ResNet v1.5 / "ResNet-B", torchvision);
   True strides the first 1x1 (the original v1, Caffe and Keras).
   """
 
-  planes: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
-  act: Callable = nn.relu
-  shortcut: str = 'conv'
-  zero_init_last: bool = True
-  stride_in_1x1: bool = False
-  groups: int = 1
-  width_per_group: int = 64
-  se_reduction: int = 0  # Squeeze-excitation on the residual branch (Hu et al.); 0 = none.
-
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    # torchvision's width rule: ResNeXt-50 32x4d -> 128 at planes 64; Wide-50-2 -> 128 too.
-    width = int(self.planes * (self.width_per_group / 64.0)) * self.groups
-    s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+    width = self.bottleneck_width()
+    s1, s3 = self.bottleneck_strides()
     y = self.conv(width, (1, 1), strides=(s1, s1), name='conv1')(x)
     y = self.act(self.norm(name='bn1')(y))
     y = self.conv(
@@ -168,24 +170,12 @@ class Bottleneck(nn.Module):
     return self.act(y)
 
 
-class PreActBasicBlock(nn.Module):
+class PreActBasicBlock(Block):
   """Pre-activation basic block (He et al. 2016, "Identity Mappings"): BN-ReLU-conv twice.
 
   The shortcut projection, when needed, reads the pre-activated input, as in the paper's code.
   There is no BN at the end of the branch, so zero-initialisation does not apply.
   """
-
-  planes: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
-  act: Callable = nn.relu
-  shortcut: str = 'conv'
-  zero_init_last: bool = True
-  stride_in_1x1: bool = False
-  groups: int = 1
-  width_per_group: int = 64
-  se_reduction: int = 0  # Squeeze-excitation on the residual branch (Hu et al.); 0 = none.
 
   expansion = 1
 
@@ -201,27 +191,16 @@ class PreActBasicBlock(nn.Module):
     return y + _preact_shortcut(self, x, pre, self.planes)
 
 
-class PreActBottleneck(nn.Module):
+class PreActBottleneck(Block):
   """Pre-activation bottleneck: BN-ReLU-1x1, BN-ReLU-3x3 (strided), BN-ReLU-1x1 x4."""
 
-  planes: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
-  act: Callable = nn.relu
-  shortcut: str = 'conv'
-  zero_init_last: bool = True
-  stride_in_1x1: bool = False
-  groups: int = 1
-  width_per_group: int = 64
-  se_reduction: int = 0  # Squeeze-excitation on the residual branch (Hu et al.); 0 = none.
 
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    width = int(self.planes * (self.width_per_group / 64.0)) * self.groups
-    s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+    width = self.bottleneck_width()
+    s1, s3 = self.bottleneck_strides()
     pre = self.act(self.norm(name='bn1')(x))
     y = self.conv(width, (1, 1), strides=(s1, s1), name='conv1')(pre)
     y = self.act(self.norm(name='bn2')(y))

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from resnet_jax.models.blocks import ModuleDef, _last_scale_init, _pad, shortcut
+from resnet_jax.models.blocks import Block, ModuleDef, _last_scale_init, _pad, shortcut
 
 
 class SplitAttention(nn.Module):
@@ -49,25 +49,15 @@ class SplitAttention(nn.Module):
     return jnp.sum(splits * a, axis=3)
 
 
-class ResNeStBottleneck(nn.Module):
+class ResNeStBottleneck(Block):
   """1x1 reduce, split-attention 3x3, [3x3 average-pool when strided], 1x1 expand x4.
 
   Striding is done by the "avd" average pool after the split-attention convolution (the paper's
   avg-down in the block, `avd_first=False`), so the attention sees the full-resolution map.
   """
 
-  planes: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
-  act: Callable = nn.relu
   shortcut: str = 'avg'
-  zero_init_last: bool = True
-  stride_in_1x1: bool = False  # Not used: the avd pool strides. Accepted as every block takes it.
-  groups: int = 1
-  width_per_group: int = 64
-  se_reduction: int = 0
-  radix: int = 2
+  radix: int = 2  # Splits per group whose attention-weighted sum forms the output.
 
   expansion = 4
 
