@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> dict:
     # Imported lazily so that one subcommand's heavy imports do not slow the others.
     importlib.import_module(module_name).add_arguments(p)
   args = parser.parse_args(argv)
+  # What training runs with (before any subcommand starts the XLA backend).
+  from resnet_jax import xla_flags
+  xla_flags.apply_defaults()
   result = importlib.import_module(args.module_name).run(args)
   text = json.dumps(result, indent=2)
   print(text)

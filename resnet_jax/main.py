@@ -17,6 +17,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}; pass options as --flag=value.')
   config = _CONFIG.value
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO, breaking the bar.
+  from resnet_jax import xla_flags
+  xla_flags.apply_defaults()  # before the first device query starts the XLA backend
   # jax.distributed must start before anything asks jax about devices.
   from resnet_jax import parallel
   parallel.initialize_distributed(
