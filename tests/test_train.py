@@ -279,3 +279,26 @@ def test_bf16_compute_keeps_fp32_params_and_batch_stats():
   momentum = {x.dtype for x in jax.tree.leaves(state.opt_state) if x.dtype != jnp.int32}
   assert momentum == {jnp.dtype(jnp.float32)}
   assert np.isfinite(float(metrics['loss']))
+
+
+def test_uint8_batches_normalised_on_device_train_like_host_normalised(tmp_path):
+  """data.host_normalize=False gives the same run as normalising on the host."""
+  from resnet_jax import config_validation
+
+  results = {}
+  for host in (True, False):
+    config = config_validation.default_config()
+    config.model.name = 'resnet_tiny'
+    config.data.name = 'digits'
+    config.data.image_size = 8
+    config.data.augment = 'none'
+    config.data.host_normalize = host
+    config.batch_size = 16
+    config.total_steps = 3
+    config.log_every_steps = 1
+    config.log.progress_bar = False
+    config.log.tensorboard = False
+    config.compilation_cache_dir = ''
+    results[host] = train.train_and_evaluate(config, str(tmp_path / f'host_{host}'))
+  for key in ('eval/loss', 'eval/top1'):
+    assert abs(results[True][key] - results[False][key]) < 1e-5, key
