@@ -509,13 +509,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
       step_eval = None
       if (eval_every > 0 and step % eval_every == 0) or step == total_steps:
+        eval_start = time.time()
         eval_results = evaluate(eval_fn, eval_variable_sets(state), eval_batches(), mesh,
                                 num_eval)
         step_eval = eval_results
         writer.write(step, eval_results)
         bar.write(f'step {step}: ' + ', '.join(
             f'{k}={v:.4f}' for k, v in eval_results.items() if not k.endswith('/count')))
-        last_log_time = time.time()  # Keep eval time out of images_per_sec.
+        # Keep eval time out of images_per_sec: shift the window start by the eval's duration
+        # (resetting it would count the steps before the eval in too short a time).
+        last_log_time += time.time() - eval_start
 
       if save_now:
         save(step, step_eval)
