@@ -16,6 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_epochs = 10.0  # Length in epochs of the train split; unused if total_steps > 0.
   config.total_steps = -1  # Training length in steps; > 0 overrides num_epochs.
   config.log_every_steps = 50  # Metrics leave the device only this often (no per-step host sync).
+  # Evaluate on the mean of each image's and its mirror's probabilities (test-time augmentation).
+  config.eval_flip = False
   config.eval_every_steps = -1  # Evaluate every N steps; -1 = once per epoch, 0 = only at the end.
   config.half_precision = False  # bf16 compute (params and BatchNorm statistics stay fp32).
   config.init_checkpoint = ''  # Path to weights to start from when the workdir has no checkpoint.
@@ -31,6 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.nonfinite_max_skips = 5  # nonfinite_policy=skip: stop after this many skips in a row.
   # Persistent XLA compilation cache: a second start of the same config skips compiling ('' = off).
   config.compilation_cache_dir = '~/.cache/resnet_jax/xla'
+  # CPU only: split the host into this many virtual devices that run the data-parallel step
+  # side by side (XLA:CPU runs most ops of a step on ~1 core; see resnet_jax/xla_flags.py).
+  # 0 = auto (one per available core, up to 8, dividing the batch), 1 = off. GPU/TPU ignore it.
+  config.cpu_devices = 0
 
   # ---- model -------------------------------------------------------------------------------
   config.model = ml_collections.ConfigDict()
@@ -51,6 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.eval_split = 'test'  # Split to evaluate on, every example exactly once.
   config.data.image_size = 32  # Side of the square network input, in pixels.
   config.data.augment = 'cifar'  # Train-time augmentation: imagenet | cifar | none.
+  config.data.crop_padding = 4  # augment='cifar': zero padding on each side before the crop.
+  config.data.random_erasing = 0.0  # Random Erasing probability (Zhong et al.; 0.5 typical).
   config.data.randaugment = ''  # RandAugment as 'N,M' (e.g. '2,9'); '' = off.
   config.data.mixup_alpha = 0.0  # Mixup Beta(alpha, alpha); 0 = off.
   config.data.cutmix_alpha = 0.0  # CutMix Beta(alpha, alpha); 0 = off.

@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> dict:
   args = parser.parse_args(argv)
   # What training runs with (before any subcommand starts the XLA backend).
   from resnet_jax import xla_flags
-  xla_flags.apply_defaults()
+  cpu_devices = getattr(args, 'cpu_devices', 1)
+  if cpu_devices == 0:
+    cpu_devices = xla_flags.auto_cpu_devices(args.batch)
+  xla_flags.apply_defaults(cpu_devices=cpu_devices)
   result = importlib.import_module(args.module_name).run(args)
   text = json.dumps(result, indent=2)
   print(text)

@@ -1,10 +1,10 @@
 """Train- and eval-step benchmarks on random data: `python -m resnet_jax.bench train|eval`.
 
-The timed step is the trainer's own (`train.create_train_step`: SGD Nesterov with coupled weight
+The timed step is the trainer's own (`steps.create_train_step`: SGD Nesterov with coupled weight
 decay, BatchNorm over the global batch, donated state), so what is measured is what runs.
 Reports compile time, the median step time after warm-up, images/s, achieved GFLOP/s (XLA's
 cost analysis of the compiled step / step time) against a matmul peak measured in the same
-process, and the peak memory XLA plans for the step.
+process, and the peak memory XLA plans for the step (summed over the devices it runs on).
 """
 
 import ast
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import compilation_cache, optim, parallel, train
+from resnet_jax import compilation_cache, optim, parallel, steps
 from resnet_jax.models import create_model
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -38,6 +38,9 @@ def add_arguments(parser) -> None:
   parser.add_argument('--compilation-cache', default='',
                       help='persistent compilation cache directory (run twice: the second '
                            'compile_s is a warm start); default off, so compile_s is cold')
+  parser.add_argument('--cpu-devices', type=int, default=0,
+                      help='virtual CPU devices (0 = auto, as training: one per core dividing '
+                           'the batch; 1 = off); ignored when XLA_FLAGS sets the device count')
   parser.add_argument('--variant', action='append', default=[], metavar='NAME:FIELD=V,…',
                       help='compare model variants in one run, interleaved, e.g. '
                            '--variant xla:conv_impl=xla --variant mm:conv_impl=matmul')
@@ -71,19 +74,23 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> float:
   return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def _flops(compiled) -> float:
+# XLA's cost and memory analyses describe one device's program of an SPMD executable; the totals
+# below multiply by the devices it runs on (on CPU they all share the host's cores and RAM).
+
+
+def _flops(compiled, num_devices: int) -> float:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float((cost or {}).get('flops', 0.0))
+  return float((cost or {}).get('flops', 0.0)) * num_devices
 
 
-def _peak_memory(compiled) -> int:
+def _peak_memory(compiled, num_devices: int) -> int:
   m = compiled.memory_analysis()
   if m is None:
     return 0
   # Arguments and outputs alias through donation; temporaries are the activations and buffers.
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-             + m.temp_size_in_bytes)
+  return num_devices * int(m.argument_size_in_bytes + m.output_size_in_bytes
+                           - m.alias_size_in_bytes + m.temp_size_in_bytes)
 
 
 def _optim_config() -> ml_collections.ConfigDict:
@@ -126,13 +133,13 @@ def measure_train(args, **model_fields) -> dict:
   model = _model(args, **model_fields)
   tx = optim.create_optimizer(_optim_config(), lambda step: 0.1)
   t0 = time.perf_counter()
-  state = train.create_train_state(model, tx, jax.random.key(0),
+  state = steps.create_train_state(model, tx, jax.random.key(0),
                                    (args.image_size, args.image_size, 3), mesh)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
   batch = _random_batch(args, mesh)
-  metrics = jax.device_put(train.zero_train_metrics(), parallel.replicated(mesh))
-  step = train.create_train_step(model, tx, mesh)
+  metrics = jax.device_put(steps.zero_train_metrics(), parallel.replicated(mesh))
+  step = steps.create_train_step(model, tx, mesh)
   t0 = time.perf_counter()
   compiled = step.lower(state, metrics, batch).compile()
   compile_s = time.perf_counter() - t0
@@ -144,11 +151,11 @@ def measure_train(args, **model_fields) -> dict:
 
   _time_steps(run, args.warmup)
   step_s = statistics.median(_time_steps(run, args.steps))
-  flops = _flops(compiled)
+  flops = _flops(compiled, mesh.size)
   return {
     'compile_s': compile_s, 'init_s': init_s, 'step_s': step_s,
     'images_per_sec': args.batch / step_s, 'gflops_per_sec': flops / step_s / 1e9,
-    'step_gflops': flops / 1e9, 'peak_memory_bytes': _peak_memory(compiled),
+    'step_gflops': flops / 1e9, 'peak_memory_bytes': _peak_memory(compiled, mesh.size),
   }
 
 
@@ -158,10 +165,17 @@ def measure_eval(args) -> dict:
   model = _model(args)
   x = jnp.zeros((1, args.image_size, args.image_size, 3))
   variables = jax.jit(lambda: model.init(jax.random.key(0), x, train=False))()
+  variables = jax.device_put(variables, parallel.replicated(mesh))
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
   out = {}
   for name, batch_size in (('batch', args.batch), ('latency', 1)):
     images = jnp.zeros((batch_size, args.image_size, args.image_size, 3))
+    # Throughput: the batch split over every device, as evaluation runs. Latency: one device.
+    devices = mesh.size if name == 'batch' and batch_size % mesh.size == 0 else 1
+    if devices > 1:
+      images = jax.device_put(images, parallel.data_sharding(mesh))
+    else:
+      variables = jax.device_put(variables, jax.devices()[0])
     t0 = time.perf_counter()
     compiled = forward.lower(variables, images).compile()
     compile_s = time.perf_counter() - t0
@@ -170,8 +184,8 @@ def measure_eval(args) -> dict:
     step_s = statistics.median(_time_steps(run, args.steps))
     if name == 'batch':
       out.update(compile_s=compile_s, step_s=step_s, images_per_sec=batch_size / step_s,
-                 gflops_per_sec=_flops(compiled) / step_s / 1e9,
-                 peak_memory_bytes=_peak_memory(compiled))
+                 gflops_per_sec=_flops(compiled, devices) / step_s / 1e9,
+                 peak_memory_bytes=_peak_memory(compiled, devices))
     else:
       out['latency_batch1_s'] = step_s
   del mesh

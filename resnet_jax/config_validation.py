@@ -126,6 +126,9 @@ def _check_values(config, num_devices: int | None) -> None:
   if config.nonfinite_max_skips < 1:
     raise ConfigError('nonfinite_max_skips', config.nonfinite_max_skips, 'an integer >= 1',
                       'set --config.nonfinite_max_skips to e.g. 5.')
+  if config.cpu_devices < 0:
+    raise ConfigError('cpu_devices', config.cpu_devices, 'an integer >= 0',
+                      'use 0 for one virtual CPU device per core, 1 for off.')
   if config.checkpoint.keep_best < 0:
     raise ConfigError('checkpoint.keep_best', config.checkpoint.keep_best, 'an integer >= 0',
                       'use 0 for off or e.g. 1 to keep the best checkpoint.')

@@ -11,3 +11,34 @@ def test_defaults_added_and_user_flags_kept():
   env = {'XLA_FLAGS': '--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT'}
   assert xla_flags.apply_defaults(env) == '--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT'
   assert xla_flags.apply_defaults({}).startswith('--xla_cpu_scheduler_type=')
+
+
+def test_cpu_devices_added_unless_the_user_set_a_count():
+  assert '--xla_force_host_platform_device_count=2' in xla_flags.apply_defaults({}, cpu_devices=2)
+  assert 'device_count' not in xla_flags.apply_defaults({}, cpu_devices=1)
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  flags = xla_flags.apply_defaults(env, cpu_devices=2)
+  assert flags.count('device_count') == 1 and 'device_count=8' in flags
+
+
+def test_auto_cpu_devices_divides_the_batch_and_caps_at_the_cores():
+  assert xla_flags.auto_cpu_devices(128, cores=2) == 2
+  assert xla_flags.auto_cpu_devices(128, cores=64) == xla_flags.MAX_AUTO_CPU_DEVICES
+  assert xla_flags.auto_cpu_devices(6, cores=4) == 3  # 4 does not divide 6
+  assert xla_flags.auto_cpu_devices(7, cores=4) == 1  # a prime batch: no split
+  assert xla_flags.auto_cpu_devices(1) == 1
+
+
+def test_main_resolves_auto_against_processes_and_accumulation():
+  from configs import default
+  from resnet_jax import main
+  config = default.get_config()
+  config.batch_size = 96
+  config.cpu_devices = 3
+  assert main._cpu_devices(config) == 3
+  config.cpu_devices = 0
+  config.optim.grad_accum_steps = 3  # micro-batches of 32
+  config.distributed_num_processes = 2  # 16 per process per micro-batch
+  assert main._cpu_devices(config) == xla_flags.auto_cpu_devices(16)
+  config.batch_size = 97  # invalid: left to the validator, which names the field
+  assert main._cpu_devices(config) == 1
