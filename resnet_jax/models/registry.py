@@ -7,7 +7,8 @@ Variant letters (He et al. 2019, "Bag of Tricks"; timm's naming):
   d    c + average-pool downsampling in the shortcut.
 CIFAR ResNets follow He et al. 2016 §4.2 (16/32/64 filters, 6n+2 layers, option A shortcut;
 `create_model('cifar_resnet20', shortcut='conv')` gives option B). `plain*` are the same
-networks without shortcuts, for the degradation study (Fig. 6).
+networks without shortcuts, for the degradation study (Fig. 6). `wrn<depth>_<k>` are the Wide
+ResNets for CIFAR-sized inputs (WRN-28-10 etc.).
 
 Beyond the ResNet family (each its own module class, see MODEL_CLASSES): SE-ResNet/ResNeXt (Hu
 et al. 2018; SE reduction 16 in every block, stride on the 3x3 as torchvision/timm), ResNeSt
@@ -47,6 +48,19 @@ def _cifar(depth: int, **fields) -> dict:
   return {**dict(block='basic', stage_sizes=(n, n, n), shortcut='pad', **_CIFAR), **fields}
 
 
+def _wide(depth: int, k: int) -> dict:
+  """WRN-depth-k (Zagoruyko & Komodakis 2016): pre-activation basic blocks, (depth - 4) / 6 per
+  stage, widths 16k/32k/64k after a 16-filter 3x3 stem, 1x1 projections where the shape changes
+  (dropout between the convolutions, the paper's option, is not included)."""
+  n = (depth - 4) // 6
+  return dict(block='basic', preact=True, stage_sizes=(n, n, n), shortcut='conv', stem='cifar',
+              stem_width=16, stage_widths=(16 * k, 32 * k, 64 * k), num_classes=10)
+
+
+# The WRN paper's CIFAR table, plus WRN-16-2 (a fast one) and WRN-40-4 (Fashion-MNIST's table).
+WIDE_CIFAR = ((16, 2), (16, 4), (16, 8), (22, 8), (28, 10), (40, 2), (40, 4))
+
+
 def _build_table() -> dict[str, dict]:
   table = {f'resnet{d}': _imagenet(d) for d in _IMAGENET_DEPTHS}
   for d in (50, 101, 152):
@@ -66,6 +80,8 @@ def _build_table() -> dict[str, dict]:
   for d in (20, 32, 44, 56, 110):
     table[f'cifar_resnet{d}'] = _cifar(d)
     table[f'cifar_plain{d}'] = _cifar(d, shortcut='none')
+  for d, k in WIDE_CIFAR:
+    table[f'wrn{d}_{k}'] = _wide(d, k)
   for d in (50, 101):
     table[f'seresnet{d}'] = _imagenet(d, se_reduction=16)
   table['seresnext50_32x4d'] = _imagenet(50, groups=32, width_per_group=4, se_reduction=16)

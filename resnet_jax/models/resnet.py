@@ -153,7 +153,8 @@ class ResNet(nn.Module):
   def _stem(self, x, conv, norm):
     if self.stem == 'cifar':
       x = conv(self.stem_width, (3, 3), padding=_pad(1), name='conv1')(x)
-      return nn.relu(norm(name='bn1')(x))
+      # Pre-activation (WRN): the first block's BN-ReLU normalises the stem's output.
+      return x if self.preact else nn.relu(norm(name='bn1')(x))
     if self.stem == 'deep':
       # ResNet-C: three 3x3 convolutions replace the 7x7 at the same cost (Bag of Tricks, §4.2).
       mid = self.stem_width // 2

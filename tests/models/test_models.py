@@ -1,6 +1,6 @@
 """Every model runs: finite forward and gradients, train-mode BatchNorm, dtypes, zero-init.
 
-Compiling the full depth of all 41 models would take many minutes on 2 cores, so each model is
+Compiling the full depth of every model would take many minutes on 2 cores, so each model is
 run with one block per stage: every distinct block, stem, shortcut, width and grouping is
 compiled and differentiated. Full-depth forwards are compiled in tests/interop (ResNet-152).
 """

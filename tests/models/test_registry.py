@@ -107,6 +107,19 @@ def test_cifar_parameter_counts_match_paper(depth):
   assert _count(plain['params']) == _count(variables['params'])
 
 
+# Zagoruyko & Komodakis 2016, Table 1/5 and the Fashion-MNIST table (WRN40-4 8.9M).
+WRN_PAPER_PARAMS_M = {'wrn16_4': '2.7', 'wrn16_8': '11.0', 'wrn22_8': '17.2', 'wrn28_10': '36.5',
+                      'wrn40_2': '2.2', 'wrn40_4': '8.9'}
+
+
+@pytest.mark.parametrize('name', sorted(WRN_PAPER_PARAMS_M))
+def test_wide_resnet_parameter_counts_match_paper(name):
+  model, variables, _ = _abstract(name)
+  assert f'{_count(variables["params"]) / 1e6:.1f}' == WRN_PAPER_PARAMS_M[name]
+  # Pre-activation all the way: the stem is a bare convolution, a final BN-ReLU precedes the head.
+  assert 'bn1' not in variables['params'] and 'final_bn' in variables['params']
+
+
 @pytest.mark.parametrize('name', sorted(EXPECTED_GMACS))
 def test_macs_match_torchvision(name):
   _, totals = summarize(create_model(name), (1, 224, 224, 3))
