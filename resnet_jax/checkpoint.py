@@ -188,10 +188,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
     try:
       saved = saved_state_metadata(step_dir)
     except Exception as e:
-      failures.append(f'step {step} ({step_dir}): {_first_line(e)}')
-      logging.warning('Checkpoint step %d in %s is unreadable, trying the previous one: %s',
-                      step, step_dir, _first_line(e))
-      _quarantine(manager, step_dir)
+      failures.append(_skip_step(manager, step, step_dir, 'is unreadable', e))
       continue
     check_shapes(_weight_shapes(saved), _weight_shapes(abstract_state),
                  f'checkpoint {step_dir}')
@@ -208,10 +205,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
     except ShapeMismatchError:
       raise
     except Exception as e:
-      failures.append(f'step {step} ({step_dir}): {_first_line(e)}')
-      logging.warning('Checkpoint step %d in %s does not restore, trying the previous one: %s',
-                      step, step_dir, _first_line(e))
-      _quarantine(manager, step_dir)
+      failures.append(_skip_step(manager, step, step_dir, 'does not restore', e))
       continue
     if failures:
       logging.warning('Resumed from step %d after skipping %d unreadable checkpoint(s).', step,
@@ -224,6 +218,15 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
         + '\n  '.join(failures) + '\nThey were moved to <step>.corrupt. Fix: restore them from '
         'a backup, or run again to start fresh.')
   return None
+
+
+def _skip_step(manager: ocp.CheckpointManager, step: int, step_dir: str, problem: str,
+               error: Exception) -> str:
+  """Warns, quarantines the step and returns the line the final error would list it with."""
+  logging.warning('Checkpoint step %d in %s %s, trying the previous one: %s', step, step_dir,
+                  problem, _first_line(error))
+  _quarantine(manager, step_dir)
+  return f'step {step} ({step_dir}): {_first_line(error)}'
 
 
 def _quarantine(manager: ocp.CheckpointManager, step_dir: str) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import checkpoint, optim, parallel, train
+from resnet_jax import checkpoint, optim, parallel, steps, warm_start
 from resnet_jax.interop import torchvision
 from resnet_jax.models import create_model
 
@@ -17,7 +17,7 @@ def _state(num_classes: int, mesh, seed: int = 0):
   model = create_model('resnet_tiny', num_classes=num_classes, zero_init_residual=False)
   config = ml_collections.ConfigDict({'name': 'resnet_tiny'})
   tx = optim.create_optimizer(_optim_config(), optax.constant_schedule(0.1))
-  state = train.create_train_state(model, tx, jax.random.PRNGKey(seed), (8, 8, 3), mesh)
+  state = steps.create_train_state(model, tx, jax.random.PRNGKey(seed), (8, 8, 3), mesh)
   return model, tx, state, config
 
 
@@ -47,8 +47,8 @@ def test_fine_tune_from_torchvision_file_reinitialises_only_the_head(tmp_path):
   save_file({k: np.ascontiguousarray(v) for k, v in tv.items()}, path)
 
   _, _, fresh, config = _state(5, mesh, seed=0)
-  loaded = train.load_init_weights(path, config, mesh)
-  merged = train.merge_init_weights(fresh, loaded, path)
+  loaded = warm_start.load_init_weights(path, config, mesh)
+  merged = warm_start.merge_init_weights(fresh, loaded, path)
   np.testing.assert_array_equal(merged.params['conv1']['kernel'], source.params['conv1']['kernel'])
   np.testing.assert_array_equal(merged.batch_stats['bn1']['mean'],
                                 source.batch_stats['bn1']['mean'])
@@ -64,7 +64,7 @@ def test_fine_tune_refuses_another_architecture():
   loaded['params']['conv1']['kernel'] = np.zeros((5, 5, 3, 8), np.float32)
   with pytest.raises(checkpoint.ShapeMismatchError, match=r'params/conv1/kernel: checkpoint '
                      r'\(5, 5, 3, 8\), model \(3, 3, 3, \d+\)'):
-    train.merge_init_weights(fresh, loaded, 'other.safetensors')
+    warm_start.merge_init_weights(fresh, loaded, 'other.safetensors')
 
 
 def test_resolve_step_dir_accepts_workdir_checkpoints_dir_and_step_dir(tmp_path):
@@ -82,12 +82,12 @@ def test_resolve_step_dir_accepts_workdir_checkpoints_dir_and_step_dir(tmp_path)
 def test_skip_policy_leaves_params_opt_state_and_batch_stats_unchanged():
   mesh = parallel.create_mesh()
   model, tx, state, _ = _state(10, mesh)
-  step = train.create_train_step(model, tx, mesh, skip_nonfinite=True)
+  step = steps.create_train_step(model, tx, mesh, skip_nonfinite=True)
   rng = np.random.default_rng(0)
   good = {'image': rng.normal(size=(8, 8, 8, 3)).astype(np.float32),
           'label': rng.integers(0, 10, 8).astype(np.int32)}
   bad = {**good, 'image': np.full_like(good['image'], np.nan)}
-  metrics = parallel.replicate(mesh, train.zero_train_metrics())
+  metrics = parallel.replicate(mesh, steps.zero_train_metrics())
   state, metrics = step(state, metrics, parallel.global_batch(mesh, good))
   before = jax.device_get(state)
   for _ in range(2):

@@ -71,7 +71,7 @@ def worker(args: argparse.Namespace) -> None:
   import jax.numpy as jnp
   import optax
 
-  from resnet_jax import checkpoint, data, train
+  from resnet_jax import checkpoint, data, evaluation, steps
   from resnet_jax.models import create_model
 
   assert jax.process_count() == args.num_processes, jax.process_count()
@@ -81,7 +81,7 @@ def worker(args: argparse.Namespace) -> None:
   model = create_model('resnet_tiny', num_classes=info.num_classes, zero_init_residual=False)
   tx = optax.sgd(0.05, momentum=0.9)
   image_shape = (8, 8, info.image_shape[-1])
-  state = train.create_train_state(model, tx, jax.random.PRNGKey(0), image_shape, mesh)
+  state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), image_shape, mesh)
   pid, count = jax.process_index(), jax.process_count()
   train_iter = data.create_train_iterator(config.data, seed=0, global_batch_size=BATCH,
                                           process_index=pid, process_count=count)
@@ -96,7 +96,7 @@ def worker(args: argparse.Namespace) -> None:
     assert restored is not None, f'no checkpoint in {args.restore_dir}'
     state, out['restored_step'] = restored
 
-  step_fn = train.create_train_step(model, tx, mesh)
+  step_fn = steps.create_train_step(model, tx, mesh)
   local_batch = BATCH // count
   order = np.concatenate([np.arange(p, local_batch, args.emulate_processes)
                           for p in range(args.emulate_processes)])
@@ -104,7 +104,7 @@ def worker(args: argparse.Namespace) -> None:
   for step in range(args.steps):
     local = next(train_iter)
     local = {'image': local['image'][order], 'label': local['label'][order]}
-    metrics = parallel.replicate(mesh, train.zero_train_metrics())
+    metrics = parallel.replicate(mesh, steps.zero_train_metrics())
     state, metrics = step_fn(state, metrics, parallel.global_batch(mesh, local))
     losses.append(float(metrics['loss']) / float(metrics['count']))
     if args.ready_file:  # The kill test waits for this: every process has run a step.
@@ -128,8 +128,9 @@ def worker(args: argparse.Namespace) -> None:
       totals = {k: totals[k] + float(v) for k, v in sums.items()}
     out['eval_sums'] = totals
     out['eval_local_examples'] = local_examples
-    out['eval'] = train.evaluate(train.create_eval_step(model, mesh), train.eval_variable_sets(
-        state), eval_iter, mesh, expected_count=info.num_examples[config.data.eval_split])
+    out['eval'] = evaluation.evaluate(
+        evaluation.create_eval_step(model, mesh), evaluation.eval_variable_sets(state), eval_iter,
+        mesh, expected_count=info.num_examples[config.data.eval_split])
 
   if args.save_dir:  # Every process takes part in the save (orbax synchronises them).
     manager = checkpoint.create_manager(args.save_dir, config.checkpoint)

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import config_validation, optim, parallel, train
+from resnet_jax import config_validation, evaluation, optim, parallel, steps, train
 from resnet_jax.models import create_model
 
 # ---- in-memory stand-in for resnet_jax.data (same API, tiny learnable data) ---------------
@@ -102,7 +102,7 @@ def tiny_setup(mesh, image_shape=(8, 8, 3), schedule=0.1, **optim_overrides):
   config = tiny_config(**{f'optim.{k}': v for k, v in optim_overrides.items()})
   model = create_model('resnet_tiny', num_classes=10, zero_init_residual=False)
   tx = optim.create_optimizer(config.optim, optax.constant_schedule(schedule))
-  state = train.create_train_state(model, tx, jax.random.PRNGKey(0), image_shape, mesh)
+  state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), image_shape, mesh)
   return model, tx, state
 
 
@@ -119,7 +119,7 @@ def test_global_batchnorm_8_devices_equals_1():
     mesh = parallel.create_mesh(devices)
     model, tx, state = tiny_setup(mesh)
     batch = parallel.global_batch(mesh, local)
-    grads_fn = jax.jit(train.compute_gradients, static_argnums=(0, 5))
+    grads_fn = jax.jit(steps.compute_gradients, static_argnums=(0, 5))
     grads, (losses, _, stats) = grads_fn(model, state.params, state.batch_stats, batch,
                                          jax.random.PRNGKey(1), 0.0)
     results.append(jax.device_get((losses.mean(), grads, stats)))
@@ -137,8 +137,8 @@ def test_train_step_same_update_on_8_and_1_devices():
   for devices in (jax.devices(), jax.devices()[:1]):
     mesh = parallel.create_mesh(devices)
     model, tx, state = tiny_setup(mesh)
-    step = train.create_train_step(model, tx, mesh)
-    metrics = parallel.replicate(mesh, train.zero_train_metrics())
+    step = steps.create_train_step(model, tx, mesh)
+    metrics = parallel.replicate(mesh, steps.zero_train_metrics())
     state, metrics = step(state, metrics, parallel.global_batch(mesh, local))
     params.append(jax.device_get((state.params, state.batch_stats, metrics['loss'])))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), *params)
@@ -147,11 +147,11 @@ def test_train_step_same_update_on_8_and_1_devices():
 def test_loss_falls_when_overfitting_one_batch():
   mesh = parallel.create_mesh()
   model, tx, state = tiny_setup(mesh, schedule=0.05)
-  step = train.create_train_step(model, tx, mesh)
+  step = steps.create_train_step(model, tx, mesh)
   batch = parallel.global_batch(mesh, batch_of(16))
   losses = []
   for _ in range(25):
-    metrics = parallel.replicate(mesh, train.zero_train_metrics())
+    metrics = parallel.replicate(mesh, steps.zero_train_metrics())
     state, metrics = step(state, metrics, batch)
     losses.append(float(metrics['loss']) / 16)
   assert losses[-1] < 0.5 * losses[0], losses
@@ -174,7 +174,7 @@ def test_gradient_accumulation_equals_big_batch():
   batch = parallel.global_batch(mesh, batch_of(64))
 
   def grads(params, batch, k):
-    return train.accumulate_gradients(model, params, {}, batch, jax.random.PRNGKey(0), 0.1, k)
+    return steps.accumulate_gradients(model, params, {}, batch, jax.random.PRNGKey(0), 0.1, k)
 
   grads = jax.jit(grads, static_argnums=2)
   big = grads(params, batch, 1)
@@ -187,9 +187,9 @@ def test_eval_counts_1003_examples_exactly_once_on_8_devices():
   mesh = parallel.create_mesh()
   model, _, state = tiny_setup(mesh)
   images, labels = make_split(1003, (8, 8, 3), 10, seed=3)
-  eval_fn = train.create_eval_step(model, mesh)
-  variable_sets = train.eval_variable_sets(state)
-  results = train.evaluate(eval_fn, variable_sets,
+  eval_fn = evaluation.create_eval_step(model, mesh)
+  variable_sets = evaluation.eval_variable_sets(state)
+  results = evaluation.evaluate(eval_fn, variable_sets,
                            eval_batches(images, labels, 64), mesh, 1003)
   assert results['eval/count'] == 1003  # 1003 = 15 * 64 + 43: a padded last batch.
   logits = model.apply(jax.device_get(variable_sets['']), images, train=False)
@@ -198,8 +198,26 @@ def test_eval_counts_1003_examples_exactly_once_on_8_devices():
   np.testing.assert_allclose(results['eval/top1'], top1, atol=1e-6)
   np.testing.assert_allclose(results['eval/loss'], loss, rtol=1e-4)
   with pytest.raises(RuntimeError, match='counted 1003 examples but the split has 1000'):
-    train.evaluate(eval_fn, variable_sets, eval_batches(images, labels, 64), mesh,
+    evaluation.evaluate(eval_fn, variable_sets, eval_batches(images, labels, 64), mesh,
                    1000)
+
+
+def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
+  mesh = parallel.create_mesh()
+  model, _, state = tiny_setup(mesh)
+  images, labels = make_split(64, (8, 8, 3), 10, seed=4)
+  variables = jax.device_get(evaluation.eval_variable_sets(state)[''])
+  probs = (jax.nn.softmax(model.apply(variables, images, train=False))
+           + jax.nn.softmax(model.apply(variables, images[:, :, ::-1], train=False))) / 2
+  got = evaluation.predict_log_probs(model, variables, images, flip=True)
+  np.testing.assert_allclose(np.exp(got), probs, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(got, evaluation.predict_log_probs(model, variables, images))
+  results = evaluation.evaluate(
+      evaluation.create_eval_step(model, mesh, flip=True), evaluation.eval_variable_sets(state),
+      eval_batches(images, labels, 32), mesh, 64)
+  np.testing.assert_allclose(results['eval/top1'], np.mean(probs.argmax(-1) == labels), atol=1e-6)
+  np.testing.assert_allclose(results['eval/loss'],
+                             -np.mean(np.log(probs[np.arange(64), labels])), rtol=1e-4)
 
 
 def _read_jsonl(path):
@@ -270,9 +288,9 @@ def test_bf16_compute_keeps_fp32_params_and_batch_stats():
   model = create_model('resnet_tiny', num_classes=10, dtype=jnp.bfloat16)
   config = tiny_config(**{'optim.label_smoothing': 0.1})
   tx = optim.create_optimizer(config.optim, optax.constant_schedule(0.1))
-  state = train.create_train_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3), mesh)
-  step = train.create_train_step(model, tx, mesh, label_smoothing=0.1)
-  metrics = parallel.replicate(mesh, train.zero_train_metrics())
+  state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3), mesh)
+  step = steps.create_train_step(model, tx, mesh, label_smoothing=0.1)
+  metrics = parallel.replicate(mesh, steps.zero_train_metrics())
   state, metrics = step(state, metrics, parallel.global_batch(mesh, batch_of(16)))
   dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats))}
   assert dtypes == {jnp.dtype(jnp.float32)}
