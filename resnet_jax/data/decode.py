@@ -95,8 +95,9 @@ def convert(img: Image.Image, channels: int) -> Image.Image:
 
 
 def decode_jpeg_box(data, img: Image.Image, box: tuple[int, int, int, int],
-                    scale: int = 1) -> Image.Image | None:
-  """RGB pixels of `box` = (left, top, right, bottom) of the JPEG `data` decoded at 1/`scale`.
+                    scale: int = 1) -> np.ndarray | None:
+  """RGB pixels [H, W, 3] uint8 of `box` = (left, top, right, bottom) of the JPEG `data`
+  decoded at 1/`scale`.
 
   Decodes only the rows down to the box's bottom and the iMCU columns around it (the
   `_jpegcrop` extension); the pixels equal PIL's full decode cropped to the box. None when it
@@ -126,4 +127,4 @@ def decode_jpeg_box(data, img: Image.Image, box: tuple[int, int, int, int],
       return None
   except _jpegcrop.JpegError:
     return None
-  return Image.frombuffer('RGB', (right - left, bottom - top), out, 'raw', 'RGB', 0, 1)
+  return out

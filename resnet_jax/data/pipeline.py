@@ -33,7 +33,8 @@ def _processor(cfg, train: bool) -> Processor:
                    mean=tuple(mean), std=tuple(std), augment=cfg.augment if train else
                    ('imagenet' if cfg.augment == 'imagenet' else 'none'), train=train,
                    randaugment=randaugment.parse(cfg.randaugment) if train else None,
-                   normalize=host_normalize(cfg))
+                   normalize=host_normalize(cfg), crop_padding=cfg.get('crop_padding', 4),
+                   random_erasing=cfg.get('random_erasing', 0.0) if train else 0.0)
 
 
 def _per_process_batch(global_batch_size: int, process_index: int, process_count: int) -> int:

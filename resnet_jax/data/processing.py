@@ -8,6 +8,7 @@ guard.py) instead of exceptions that would kill a worker.
 import dataclasses
 
 import numpy as np
+from PIL import Image
 
 from resnet_jax.data import decode, randaugment, transforms
 
@@ -32,6 +33,8 @@ class Processor:
   # False: yield the uint8 pixels [H, W, C] and leave (x / 255 - mean) / std to the device (4x less
   # host memory and host-to-device transfer, no per-pixel float work on the host).
   normalize: bool = True
+  crop_padding: int = transforms.CIFAR_PAD  # augment='cifar': zero padding before the crop.
+  random_erasing: float = 0.0  # Probability of Random Erasing (train only; 0 = off).
 
   def __post_init__(self):
     if self.augment not in AUGMENTS:
@@ -63,21 +66,29 @@ class Processor:
     img = decode.open_image(data)
     size = self.image_size
     if self.augment == 'imagenet':
+      flip = False
       if self.train:
         box = transforms.sample_crop_box(rng, img.width, img.height)
+        flip = transforms.draw_flip(rng)  # Drawn here, done by the resize: the same stream.
       else:
         box = transforms.center_crop_box(img.width, img.height)
-      img = transforms.resized_crop(img, box, size, self.channels, use_draft=self.use_draft,
-                                    data=data if self.partial_decode else None)
+      pixels = transforms.resized_crop(img, box, size, self.channels, use_draft=self.use_draft,
+                                       data=data if self.partial_decode else None, flip=flip)
+      img = None
     else:
       img = transforms.fit(decode.convert(img, self.channels), size)
       if self.train and self.augment == 'cifar':
-        img = transforms.pad_random_crop(img, rng)
-    if self.train and self.augment != 'none':
-      img = transforms.random_flip(img, rng)
+        img = transforms.pad_random_crop(img, rng, self.crop_padding)
+      if self.train and self.augment != 'none':
+        img = transforms.random_flip(img, rng)
     if self.train and self.randaugment:
+      if img is None:
+        img = Image.fromarray(pixels[..., 0] if self.channels == 1 else pixels)
       img = randaugment.rand_augment(img, rng, *self.randaugment)
-    pixels = np.asarray(img)
+    if img is not None:
+      pixels = np.asarray(img)
+    if self.train and self.random_erasing:
+      pixels = transforms.random_erasing(pixels.reshape(self.shape), rng, self.random_erasing)
     return self.normalise(pixels) if self.normalize else pixels.reshape(self.shape)
 
   def normalise(self, pixels: np.ndarray) -> np.ndarray:

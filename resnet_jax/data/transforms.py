@@ -8,6 +8,11 @@ from PIL import Image
 from resnet_jax.data import decode
 from resnet_jax.data.decode import convert, target_mode
 
+try:  # Optional C extension (built by `pip install -e .`): PIL's bilinear resize, vectorised.
+  from resnet_jax.data import _resize
+except ImportError:
+  _resize = None
+
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 EVAL_CROP_FRACTION = 0.875  # Eval: resize the shorter side to size / 0.875, then centre crop.
@@ -57,12 +62,16 @@ def draft_scale(box_w: float, box_h: float, size: int) -> int:
 
 
 def resized_crop(img: Image.Image, box: Box, size: int, channels: int,
-                 use_draft: bool = True, data=None) -> Image.Image:
-  """Crops `box` (original coordinates) and resizes it to size x size, decoding JPEGs reduced.
+                 use_draft: bool = True, data=None, flip: bool = False) -> np.ndarray:
+  """Crops `box` (original coordinates), resizes it to size x size (PIL's BILINEAR), mirrors it
+  when `flip`; returns uint8 pixels [size, size, channels]. JPEGs are decoded reduced when the
+  box allows (draft).
 
   The box is chosen before decoding, so the reduction changes only the pixels' source resolution,
   never which region is cropped. With `data` (the encoded bytes `img` was opened from), RGB JPEGs
-  are decoded only around the box (decode.decode_jpeg_box): the same pixels, less work.
+  are decoded only around the box (decode.decode_jpeg_box): the same pixels, less work. The
+  resize is the `_resize` extension when built (PIL's result bit for bit, flip included), else
+  PIL's.
   """
   left, top, w, h = box
   scale = 1.0
@@ -82,10 +91,27 @@ def resized_crop(img: Image.Image, box: Box, size: int, channels: int,
     part = decode.decode_jpeg_box(data, img, region, denom)
     if part is not None:
       x, y = region[:2]
-      src = (src[0] - x, src[1] - y, src[2] - x, src[3] - y)
-      return part.resize((size, size), Image.BILINEAR, box=src)
+      return resize(part, (src[0] - x, src[1] - y, src[2] - x, src[3] - y), size, flip)
   img = convert(img, channels)
-  return img.resize((size, size), Image.BILINEAR, box=src)
+  if _resize is None:
+    img = img.resize((size, size), Image.BILINEAR, box=src)
+    return np.asarray(flip_image(img) if flip else img).reshape(size, size, channels)
+  return resize(np.asarray(img).reshape(img.height, img.width, channels), src, size, flip)
+
+
+def resize(pixels: np.ndarray, box: tuple[float, float, float, float], size: int,
+           flip: bool = False) -> np.ndarray:
+  """`box` of uint8 [H, W, C] pixels resized to [size, size, C] as PIL's BILINEAR, mirrored left-
+  right when `flip`. Uses the `_resize` extension (bit-equal to PIL, tested) when built."""
+  h, w, c = pixels.shape
+  if _resize is not None and c in (1, 3):
+    out = np.empty((size, size, c), np.uint8)
+    _resize.resize_into(np.ascontiguousarray(pixels), h, w, c, out, size, size,
+                        tuple(float(v) for v in box), flip)
+    return out
+  img = Image.fromarray(pixels[..., 0] if c == 1 else pixels)
+  img = img.resize((size, size), Image.BILINEAR, box=box)
+  return np.asarray(flip_image(img) if flip else img).reshape(size, size, c)
 
 
 def _filter_region(src, size: int, image_size) -> tuple[int, int, int, int]:
@@ -124,6 +150,41 @@ def pad_random_crop(img: Image.Image, rng: np.random.Generator,
   return img.crop((dx - pad, dy - pad, dx - pad + w, dy - pad + h))
 
 
+def random_erasing(pixels: np.ndarray, rng: np.random.Generator, probability: float,
+                   area: tuple[float, float] = (0.02, 0.4),
+                   log_ratio: tuple[float, float] = (math.log(0.3), math.log(1 / 0.3)),
+                   attempts: int = 10) -> np.ndarray:
+  """Random Erasing (Zhong et al. 2020, the paper's defaults): with `probability`, one rectangle
+  of 2-40% of the image with aspect ratio 0.3-3.3 is replaced by uniform random pixels.
+
+  `pixels` is uint8 [H, W, C]; returns a new array (or the input, untouched, when not erasing).
+  Like the paper's code, gives up after `attempts` rectangles that do not fit.
+  """
+  if probability <= 0 or rng.random() >= probability:
+    return pixels
+  h, w = pixels.shape[:2]
+  for _ in range(attempts):
+    target = h * w * rng.uniform(*area)
+    ratio = math.exp(rng.uniform(*log_ratio))
+    eh, ew = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
+    if 0 < eh < h and 0 < ew < w:
+      top, left = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
+      out = pixels.copy()
+      out[top:top + eh, left:left + ew] = rng.integers(
+          0, 256, (eh, ew) + pixels.shape[2:], dtype=np.uint8)
+      return out
+  return pixels
+
+
+def draw_flip(rng: np.random.Generator) -> bool:
+  """Whether to mirror: probability 1/2 (the one draw random_flip makes)."""
+  return rng.random() < 0.5
+
+
+def flip_image(img: Image.Image) -> Image.Image:
+  return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
 def random_flip(img: Image.Image, rng: np.random.Generator) -> Image.Image:
   """Horizontal flip with probability 1/2."""
-  return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
+  return flip_image(img) if draw_flip(rng) else img

@@ -1,5 +1,6 @@
 """Per-example transforms: shape, dtype, range, determinism, crop statistics, draft equivalence."""
 
+import dataclasses
 import io
 import os
 
@@ -174,3 +175,36 @@ def test_uint8_output_normalised_equals_host_normalised(train):
     np.testing.assert_allclose(np.asarray(dev[0]), a, atol=1e-5)
   bad = raw({'image': b'not a jpeg', 'label': 1, 'id': 'x'}, np.random.default_rng(0))
   assert not bad['valid'] and bad['image'].dtype == np.uint8
+
+
+def test_random_erasing_replaces_one_rectangle_within_the_papers_bounds():
+  pixels = np.full((28, 28, 1), 7, np.uint8)
+  assert transforms.random_erasing(pixels, np.random.default_rng(0), 0.0) is pixels
+  areas = []
+  for seed in range(200):
+    out = transforms.random_erasing(pixels, np.random.default_rng(seed), 1.0)
+    assert out.shape == pixels.shape and out.dtype == np.uint8
+    assert np.array_equal(pixels, np.full_like(pixels, 7))  # the input is never modified
+    rows, cols = np.nonzero(out[..., 0] != 7)
+    if rows.size:  # random fill can equal 7 by chance; the changed pixels lie in one rectangle
+      area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+      assert area <= 0.4 * 28 * 28 + 28 and rows.size <= area
+      areas.append(area)
+    again = transforms.random_erasing(pixels, np.random.default_rng(seed), 1.0)
+    assert np.array_equal(out, again)  # deterministic given the rng
+  assert len(areas) >= 190 and min(areas) < 0.1 * 784 and max(areas) > 0.25 * 784
+
+
+def test_processor_crop_padding_and_erasing_options():
+  img = Image.fromarray(np.full((28, 28), 200, np.uint8))
+  buf = io.BytesIO()
+  img.save(buf, format='PNG')
+  proc = Processor(28, 1, 10, (0.5,), (0.5,), augment='cifar', train=True, normalize=False,
+                   crop_padding=2)
+  for seed in range(50):  # pad 2: at most 2 zero rows/columns on any side
+    out = proc.image(buf.getvalue(), np.random.default_rng(seed))[..., 0]
+    assert out.shape == (28, 28) and (out[2:-2, 2:-2] == 200).all()
+  erasing = dataclasses.replace(proc, crop_padding=0, random_erasing=1.0)
+  changed = [(erasing.image(buf.getvalue(), np.random.default_rng(s)) != 200).any()
+             for s in range(20)]
+  assert all(changed)
