@@ -131,6 +131,39 @@ def plot_runs(runs: list[Run], path: str) -> str:
   return path
 
 
+def plot_metric(runs: list[Run], key: str, path: str, as_error: bool = False,
+                smooth: int = 1) -> str:
+  """One panel of `key` for every run (e.g. the degradation study's training error, He et al.
+  2016 Fig. 6); `as_error` plots 100 * (1 - value) in %, `smooth` is a trailing moving average
+  over that many logged points (1 = raw). Raises ValueError if no run logged `key`."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  if not any(run.series(key)[0] for run in runs):
+    raise ValueError(f'no run logged {key!r}; logged keys: '
+                     f'{sorted({k for r in runs for row in r.rows for k in row})}')
+  fig = Figure(figsize=(7, 4.5), layout='constrained')
+  FigureCanvasAgg(fig)
+  ax = fig.subplots()
+  for i, run in enumerate(runs):
+    steps, values = run.series(key)
+    if as_error:
+      values = [100.0 * (1.0 - v) for v in values]
+    window = max(1, smooth)
+    values = [sum(values[max(0, j - window + 1):j + 1]) / len(values[max(0, j - window + 1):j + 1])
+              for j in range(len(values))]
+    ax.plot(steps, values, color=f'C{i % 10}', label=run.name, linewidth=1.4)
+  ax.set_xlabel('step')
+  ax.set_ylabel(f'{key} error (%)' if as_error else key)
+  ax.set_title(f'{key}{" error" if as_error else ""}'
+               + (f' (moving average of {smooth} points)' if smooth > 1 else ''))
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize='small')
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  return path
+
+
 def _loss_scale(ax, runs: list[Run]) -> None:
   # Losses fall over orders of magnitude; on a linear axis the end of training is a flat line.
   values = [v for r in runs for k in PANELS[0][1] for v in r.series(k)[1]]

@@ -112,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
                       help='run directories (each with metrics.jsonl), or metrics.jsonl files')
   parser.add_argument('--out', default=None,
                       help='directory for report.png and report.md (default: the first WORKDIR)')
+  parser.add_argument('--metric', default='',
+                      help="also draw one figure of this logged key for every run, e.g. "
+                           "train/top1 (written to OUT/<key>.png)")
+  parser.add_argument('--error', action='store_true',
+                      help='--metric as an error in %%: 100 * (1 - value)')
+  parser.add_argument('--smooth', type=int, default=1,
+                      help='--metric: moving average over this many logged points')
   args = parser.parse_args(argv)
   try:
     for w in args.workdirs:  # Fail on a bad argument before drawing anything.
@@ -127,6 +134,16 @@ def main(argv: list[str] | None = None) -> int:
   png, md, table = write_report(args.workdirs, out)
   print(table, end='')
   print(f'Plots: {png}\nTable: {md}')
+  if args.metric:
+    runs = [plots.read_run(w, n, quiet=True)
+            for w, n in zip(args.workdirs, plots.unique_names(args.workdirs), strict=True)]
+    path = os.path.join(out, args.metric.replace('/', '_') + ('_error' if args.error else '')
+                        + '.png')
+    try:
+      print(f'Figure: {plots.plot_metric(runs, args.metric, path, args.error, args.smooth)}')
+    except ValueError as e:
+      print(f'error: --metric: {e}', file=sys.stderr)
+      return 2
   return 0
 
 

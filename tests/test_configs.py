@@ -89,3 +89,14 @@ def test_mistakes_name_field_value_and_fix(changes, field, message):
 
 def test_tfds_names_are_accepted():
   validate_config(broken(**{'data.name': 'cifar10'}), num_devices=8)
+
+
+def test_degradation_study_config_takes_the_network_after_a_colon():
+  from resnet_jax import config_validation
+  module = importlib.import_module('configs.fashion_mnist_degradation')
+  for model in module.MODELS:
+    config = module.get_config(model)
+    config_validation.validate_config(config, num_devices=4)
+    assert config.model.name == model and config.optim.label_smoothing == 0
+  with pytest.raises(ValueError, match='compares'):
+    module.get_config('resnet50')

@@ -102,3 +102,19 @@ def test_summarize_run_writes_curves_and_prints_paths(tmp_path, capsys):
   for path in (os.path.join(run, 'metrics.jsonl'), os.path.join(run, 'tensorboard'), png):
     assert path in out
   assert 'checkpoints:' not in out  # Only outputs that exist are listed.
+
+
+def test_metric_figure_of_training_error(tmp_path, capsys):
+  a, b = str(tmp_path / 'plain56'), str(tmp_path / 'resnet56')
+  write_run(a, train_rows(range(1, 11)))
+  write_run(b, train_rows(range(1, 11), loss0=1.0))
+  assert report.main([a, b, '--out', str(tmp_path), '--metric', 'train/top1', '--error',
+                      '--smooth', '3']) == 0
+  png = tmp_path / 'train_top1_error.png'
+  assert f'Figure: {png}' in capsys.readouterr().out
+  assert Image.open(png).size[0] > 500
+  runs = [plots.read_run(a), plots.read_run(b)]
+  with pytest.raises(ValueError, match="no run logged 'train/top5'"):
+    plots.plot_metric(runs, 'train/top5', str(tmp_path / 'x.png'))
+  assert report.main([a, '--metric', 'nope']) == 2
+  assert "error: --metric: no run logged 'nope'" in capsys.readouterr().err
