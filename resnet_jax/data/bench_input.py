@@ -9,7 +9,7 @@ import time
 
 import ml_collections
 
-from resnet_jax.data import decode, stats
+from resnet_jax.data import decode, stats, transforms
 from resnet_jax.data.processing import Processor
 
 
@@ -97,6 +97,7 @@ def run(args) -> dict:
     results[key] = bench_imagenet_transform(args.seconds, args.image_size, use_draft, normalize,
                                             partial)
   results['jpeg_partial_decode'] = decode._jpegcrop is not None
+  results['fast_resize'] = transforms._resize is not None
   print(f'[bench input] fashion_mnist_batches: batches of 256, {args.seconds}s ...', flush=True)
   try:
     results['fashion_mnist_batches'] = bench_fashion_mnist(args.seconds, args.fashion_dir)
