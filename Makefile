@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Re-install whenever the dependency declaration or the pins change.
+# Re-install whenever the dependency declaration, the pins or the C extensions change.
 STAMP := $(VENV)/.installed
 EXTRAS ?= dev,torch,keras
 WORKDIR ?= workdirs/demo
@@ -14,7 +14,7 @@ WORKDIR ?= workdirs/demo
 # (PIL decodes everything) and the Fashion-MNIST tests skip.
 APT_PACKAGES := libjpeg62-turbo-dev dataset-fashion-mnist
 
-$(STAMP): pyproject.toml constraints.txt setup.py
+$(STAMP): pyproject.toml constraints.txt setup.py resnet_jax/data/_jpegcrop.c resnet_jax/data/_resize.c
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
