@@ -71,7 +71,7 @@ class ResNet(nn.Module):
   num_classes: int = 1000  # Classifier outputs.
   include_top: bool = True  # Pool + classifier; False returns features (see `pooling`).
   pooling: str | None = 'avg'  # Without the top: 'avg' | 'max' pooled vector, None = feature map.
-  zero_init_residual: bool = True  # Zero the last BN scale of each residual branch.
+  zero_init_residual: bool = True  # Zero the last BN scale of each residual branch (not plain).
   bn_momentum: float = 0.9  # Running-average decay: flax's 0.9 is torch's momentum=0.1.
   bn_epsilon: float = 1e-5  # torchvision's epsilon.
   dtype: Any = jnp.float32  # Compute dtype.
@@ -128,7 +128,10 @@ class ResNet(nn.Module):
     for i, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_widths)):
       make_block = functools.partial(
         block_cls, planes=planes, conv=conv, norm=norm, shortcut=self.shortcut,
-        zero_init_last=self.zero_init_residual, stride_in_1x1=self.stride_in_1x1,
+        # Without a shortcut a zero-scaled branch is the whole block: its output would be 0 and
+        # nothing would train (plain nets have no residual branch to zero).
+        zero_init_last=self.zero_init_residual and self.shortcut != 'none',
+        stride_in_1x1=self.stride_in_1x1,
         groups=self.groups, width_per_group=self.width_per_group,
         se_reduction=self.se_reduction, **extra,
       )

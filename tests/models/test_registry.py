@@ -173,3 +173,16 @@ def test_unknown_name_and_field_errors_are_helpful():
     create_model('resnet18', num_class=10)
   with pytest.raises(ValueError, match='pooling'):
     _abstract('resnet18', pooling='mean')
+
+
+def test_plain_nets_are_not_zero_initialised():
+  # zero_init_residual zeroes a residual branch's last BN scale; a plain block has no shortcut,
+  # so the same init would make every block output 0 and the network untrainable.
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+  for name, scale in (('cifar_plain20', 1.0), ('cifar_resnet20', 0.0)):
+    model = create_model(name)
+    variables = model.init(jax.random.key(0), x)
+    assert float(variables['params']['layer2_1']['bn2']['scale'].mean()) == scale
+  plain = create_model('cifar_plain20')
+  logits = plain.apply(plain.init(jax.random.key(0), x), x)
+  assert float(jnp.std(logits, axis=0).mean()) > 1e-4  # outputs depend on the input
