@@ -1,0 +1,94 @@
+"""Evaluate runs and their ensemble: python -m resnet_jax.ensemble WORKDIR [WORKDIR ...] [--flip].
+
+Each run's newest checkpoint is evaluated on the eval split of the first run's data config
+(every run must have trained on the same dataset and image size), then the ensemble: the mean
+of the members' softmax probabilities. `--flip` adds horizontal-flip test-time augmentation to
+every member (as config.eval_flip). Prints a table, and writes it as JSON with `--json FILE`.
+"""
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def _load_members(workdirs: list[str]):
+  """[(name, model, variables)], and the data config every member shares (the first run's)."""
+  import ml_collections
+
+  from resnet_jax import predict
+  from resnet_jax.data import sources
+  from resnet_jax.train import create_model_from_config
+
+  members, data_config = [], None
+  for workdir in workdirs:
+    config_path, step_dir = predict.resolve_run(workdir)
+    with open(config_path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    if data_config is None:
+      data_config = config.data
+    for field in ('name', 'eval_split', 'image_size'):
+      if config.data[field] != data_config[field]:
+        raise ValueError(f'{workdir}: data.{field}={config.data[field]!r} but the first run has '
+                         f'{data_config[field]!r}; an ensemble needs the same eval data.')
+    meta = sources.source_meta(config.data)
+    config.half_precision = False
+    model = create_model_from_config(config, meta.num_classes)
+    shape = (config.data.image_size, config.data.image_size, meta.channels)
+    members.append((workdir, model, predict._restore_variables(step_dir, model, shape)))
+  return members, data_config
+
+
+def evaluate(workdirs: list[str], flip: bool = False, batch_size: int = 500) -> dict:
+  """{'members': {workdir: top1}, 'ensemble': top1, 'count': n} on the eval split."""
+  import jax
+
+  from resnet_jax import data
+  from resnet_jax.evaluation import predict_log_probs
+
+  members, data_config = _load_members(workdirs)
+  data_config.host_normalize = True  # Float batches: every member sees the same inputs.
+  forwards = [jax.jit(lambda v, x, m=model: predict_log_probs(m, v, x, flip))
+              for _, model, _ in members]
+  correct = np.zeros(len(members) + 1)
+  count = 0
+  batches = data.create_eval_iterator(data_config, split=data_config.eval_split,
+                                      global_batch_size=batch_size, process_index=0,
+                                      process_count=1)
+  for batch in batches:
+    mask, labels = np.asarray(batch['mask'], bool), np.asarray(batch['label'])
+    probs = [np.exp(np.asarray(f(v, batch['image'])))
+             for f, (_, _, v) in zip(forwards, members, strict=True)]
+    for i, p in enumerate([*probs, np.mean(probs, axis=0)]):
+      correct[i] += np.sum((p.argmax(-1) == labels) & mask)
+    count += int(mask.sum())
+  top1 = correct / max(count, 1)
+  return {'members': dict(zip(workdirs, top1[:-1].tolist(), strict=True)),
+          'ensemble': float(top1[-1]), 'count': count, 'flip': flip}
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m resnet_jax.ensemble',
+                                   description=__doc__.split('\n')[0])
+  parser.add_argument('workdirs', nargs='+', metavar='WORKDIR', help='runs of resnet_jax.main')
+  parser.add_argument('--flip', action='store_true', help='horizontal-flip TTA for every member')
+  parser.add_argument('--json', default='', help='also write the results to this file')
+  args = parser.parse_args(argv)
+  try:
+    results = evaluate(args.workdirs, args.flip)
+  except (FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(f'eval top-1 on {results["count"]} examples{" (flip TTA)" if args.flip else ""}:')
+  for workdir, top1 in results['members'].items():
+    print(f'  {top1:.4f}  {workdir}')
+  print(f'  {results["ensemble"]:.4f}  ensemble of {len(args.workdirs)} (mean probabilities)')
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(results, f, indent=2)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
