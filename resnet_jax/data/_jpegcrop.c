@@ -169,7 +169,49 @@ static PyObject *decode_crop_into(PyObject *self, PyObject *args, PyObject *kwar
   return result;
 }
 
+/* Header only: (width, height) of a JPEG whose colour space decode_crop_into handles, else None. */
+static PyObject *size(PyObject *self, PyObject *args) {
+  Py_buffer data;
+  (void)self;
+  if (!PyArg_ParseTuple(args, "y*", &data)) return NULL;
+  struct jpeg_decompress_struct cinfo;
+  ErrorManager err;
+  PyObject *result = NULL;
+  cinfo.err = jpeg_std_error(&err.pub);
+  err.pub.error_exit = error_exit;
+  err.pub.emit_message = emit_message;
+  err.pub.output_message = output_message;
+  err.msg[0] = '\0';
+  if (data.len == 0) {
+    PyBuffer_Release(&data);
+    PyErr_SetString(JpegError, "empty data");
+    return NULL;
+  }
+  if (setjmp(err.env)) {
+    jpeg_destroy_decompress(&cinfo);
+    PyBuffer_Release(&data);
+    PyErr_SetString(JpegError, err.msg[0] ? err.msg : "libjpeg error");
+    return NULL;
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, (const unsigned char *)data.buf, (unsigned long)data.len);
+  jpeg_read_header(&cinfo, TRUE);
+  if ((cinfo.jpeg_color_space == JCS_YCbCr && cinfo.num_components == 3) ||
+      (cinfo.jpeg_color_space == JCS_RGB && cinfo.num_components == 3) ||
+      (cinfo.jpeg_color_space == JCS_GRAYSCALE && cinfo.num_components == 1))
+    result = Py_BuildValue("(II)", cinfo.image_width, cinfo.image_height);
+  else
+    result = Py_NewRef(Py_None);
+  jpeg_destroy_decompress(&cinfo);
+  PyBuffer_Release(&data);
+  return result;
+}
+
 static PyMethodDef methods[] = {
+  {"size", size, METH_VARARGS,
+   "size(data) -> (width, height) | None\n\n"
+   "Reads only the JPEG header. None: a colour space decode_crop_into does not handle (CMYK).\n"
+   "Raises JpegError when the header is corrupt."},
   {"decode_crop_into", (PyCFunction)(void (*)(void))decode_crop_into,
    METH_VARARGS | METH_KEYWORDS,
    "decode_crop_into(data, out, top, left, height, width, scale=1) -> bool\n\n"

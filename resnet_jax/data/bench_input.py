@@ -5,6 +5,7 @@ do not depend on how busy the machine's other cores are.
 """
 
 import os
+import statistics
 import time
 
 import ml_collections
@@ -18,6 +19,8 @@ def add_arguments(parser) -> None:
   parser.add_argument('--seconds', type=float, default=3.0, help='time per measurement')
   parser.add_argument('--image-size', type=int, default=224, help='ImageNet output side')
   parser.add_argument('--fashion-dir', default='', help="IDX folder ('' = Debian's)")
+  parser.add_argument('--repeat', type=int, default=3,
+                      help='rounds over all ImageNet variants, interleaved; medians reported')
 
 
 def _sample_jpegs() -> dict[str, bytes]:
@@ -81,21 +84,32 @@ def bench_fashion_mnist(seconds: float, fashion_dir: str) -> dict:
   return _measure(step, seconds)
 
 
-def run(args) -> dict:
-  """Runs the three measurements, printing progress."""
-  results = {}
+VARIANTS = (  # key: (use_draft, normalize, partial_decode)
   # uint8: data.host_normalize=False, the normalisation left to the device.
   # _pil: whole-image PIL decode (no partial decode; what runs without the _jpegcrop extension).
-  for key, use_draft, normalize, partial in (
-      ('imagenet_train_transform', True, True, True),
-      ('imagenet_train_transform_no_draft', False, True, True),
-      ('imagenet_train_transform_uint8', True, False, True),
-      ('imagenet_train_transform_pil', True, True, False),
-      ('imagenet_train_transform_uint8_pil', True, False, False)):
-    print(f'[bench input] {key}: {args.image_size}px crops of 640x427 JPEGs, {args.seconds}s ...',
-          flush=True)
-    results[key] = bench_imagenet_transform(args.seconds, args.image_size, use_draft, normalize,
-                                            partial)
+  ('imagenet_train_transform', True, True, True),
+  ('imagenet_train_transform_no_draft', False, True, True),
+  ('imagenet_train_transform_uint8', True, False, True),
+  ('imagenet_train_transform_pil', True, True, False),
+  ('imagenet_train_transform_uint8_pil', True, False, False),
+)
+
+
+def run(args) -> dict:
+  """The ImageNet variants in `--repeat` interleaved rounds (medians), then Fashion-MNIST."""
+  rounds = {key: [] for key, *_ in VARIANTS}
+  for r in range(args.repeat):
+    for key, use_draft, normalize, partial in VARIANTS:
+      print(f'[bench input] round {r + 1}/{args.repeat} {key}: {args.image_size}px crops of '
+            f'640x427 JPEGs, {args.seconds}s ...', flush=True)
+      rounds[key].append(bench_imagenet_transform(args.seconds, args.image_size, use_draft,
+                                                  normalize, partial))
+  results = {}
+  for key, runs in rounds.items():
+    rates = [m['images_per_sec_per_core'] for m in runs]
+    results[key] = {'images_per_sec_per_core': statistics.median(rates),
+                    'images_per_sec': statistics.median(m['images_per_sec'] for m in runs),
+                    'rounds_images_per_sec_per_core': rates}
   results['jpeg_partial_decode'] = decode._jpegcrop is not None
   results['fast_resize'] = transforms._resize is not None
   print(f'[bench input] fashion_mnist_batches: batches of 256, {args.seconds}s ...', flush=True)

@@ -94,7 +94,20 @@ def convert(img: Image.Image, channels: int) -> Image.Image:
     raise BadExample(f'undecodable image ({type(e).__name__}: {e})') from None
 
 
-def decode_jpeg_box(data, img: Image.Image, box: tuple[int, int, int, int],
+def jpeg_size(data) -> tuple[int, int] | None:
+  """(width, height) from the header of JPEG bytes that decode_jpeg_box can decode (RGB or gray,
+  extension built, end-of-image marker present), read in C without PIL; else None."""
+  if (_jpegcrop is None or not isinstance(data, bytes) or data[:2] != b'\xff\xd8'
+      or data.rfind(b'\xff\xd9', max(len(data) - _EOI_WINDOW, 0)) < 0):
+    return None
+  try:
+    dims = _jpegcrop.size(data)
+  except _jpegcrop.JpegError:
+    return None  # PIL then decides, and names the problem.
+  return dims if dims and dims[0] > 0 and dims[1] > 0 else None
+
+
+def decode_jpeg_box(data, img: Image.Image | None, box: tuple[int, int, int, int],
                     scale: int = 1) -> np.ndarray | None:
   """RGB pixels [H, W, 3] uint8 of `box` = (left, top, right, bottom) of the JPEG `data`
   decoded at 1/`scale`.
@@ -103,7 +116,8 @@ def decode_jpeg_box(data, img: Image.Image, box: tuple[int, int, int, int],
   `_jpegcrop` extension); the pixels equal PIL's full decode cropped to the box. None when it
   cannot (extension not built, colour space such as CMYK, corrupt or truncated data, libjpeg
   warnings): the caller then decodes with PIL, whose verdict on damaged files stands.
-  `img` is `data` opened by open_image (its header gives the mode).
+  `img` is `data` opened by open_image (its header gives the mode), or None after jpeg_size
+  accepted `data`.
   """
   global _warned_no_jpegcrop
   if _jpegcrop is None:
@@ -114,7 +128,7 @@ def decode_jpeg_box(data, img: Image.Image, box: tuple[int, int, int, int],
         'Install libjpeg62-turbo-dev and reinstall (pip install -e .) to build it.',
         _JPEGCROP_IMPORT_ERROR)
     return None
-  if img.format != 'JPEG' or img.mode not in ('RGB', 'L'):
+  if img is not None and (img.format != 'JPEG' or img.mode not in ('RGB', 'L')):
     return None
   if not isinstance(data, bytes):
     data = bytes(data)

@@ -6,6 +6,7 @@ guard.py) instead of exceptions that would kill a worker.
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 from PIL import Image
@@ -63,17 +64,26 @@ class Processor:
 
   def image(self, data, rng: np.random.Generator | None) -> np.ndarray:
     """Raw image -> [H, W, C] augmented when training; float32 normalised, or uint8 pixels."""
-    img = decode.open_image(data)
     size = self.image_size
+    fast = self.partial_decode and self.channels == 3 and self.augment == 'imagenet'
+    # RGB/gray JPEGs: the header read in C, no PIL at all unless a DCT reduction applies.
+    dims = decode.jpeg_size(data) if fast else None
+    img = decode.open_image(data) if dims is None else None
     if self.augment == 'imagenet':
+      width, height = dims or img.size
       flip = False
       if self.train:
-        box = transforms.sample_crop_box(rng, img.width, img.height)
+        box = transforms.sample_crop_box(rng, width, height)
         flip = transforms.draw_flip(rng)  # Drawn here, done by the resize: the same stream.
       else:
-        box = transforms.center_crop_box(img.width, img.height)
-      pixels = transforms.resized_crop(img, box, size, self.channels, use_draft=self.use_draft,
-                                       data=data if self.partial_decode else None, flip=flip)
+        box = transforms.center_crop_box(width, height)
+      pixels = None
+      if dims is not None and not (self.use_draft and transforms.draft_scale(*box[2:], size) > 1):
+        pixels = transforms.jpeg_resized_crop(data, dims, box, size, flip)
+      if pixels is None:
+        pixels = transforms.resized_crop(
+            img or decode.open_image(data), box, size, self.channels, use_draft=self.use_draft,
+            data=data if self.partial_decode else None, flip=flip)
       img = None
     else:
       img = transforms.fit(decode.convert(img, self.channels), size)
@@ -91,16 +101,22 @@ class Processor:
       pixels = transforms.random_erasing(pixels.reshape(self.shape), rng, self.random_erasing)
     return self.normalise(pixels) if self.normalize else pixels.reshape(self.shape)
 
-  def normalise(self, pixels: np.ndarray) -> np.ndarray:
-    """uint8 [H, W(, C)] -> float32 (x / 255 - mean) / std, shape [H, W, C]."""
+  @functools.cached_property
+  def _row_constants(self) -> tuple[np.ndarray, np.ndarray]:
+    # Per-channel 1 / (255 std) and -mean / std tiled along a row of W * C values: the same
+    # float32 operations as per channel, without numpy's slow length-C inner loops. Computed once
+    # per Processor (cached_property writes the instance dict, which a frozen dataclass allows).
     scale = np.asarray([1.0 / (255.0 * s) for s in self.std], np.float32)
     bias = np.asarray([-m / s for m, s in zip(self.mean, self.std, strict=True)], np.float32)
-    # Rows of W * C values with the per-channel constants tiled along them: the same float32
-    # operations, without numpy's slow length-C inner loops.
+    return np.tile(scale, self.image_size), np.tile(bias, self.image_size)
+
+  def normalise(self, pixels: np.ndarray) -> np.ndarray:
+    """uint8 [H, W(, C)] -> float32 (x / 255 - mean) / std, shape [H, W, C]."""
     h, w, c = self.shape
+    scale, bias = self._row_constants
     out = pixels.reshape(h, w * c).astype(np.float32)
-    out *= np.tile(scale, w)
-    out += np.tile(bias, w)
+    out *= scale
+    out += bias
     return out.reshape(self.shape)
 
   def _output(self, image, label, *, valid, rid, error, mask) -> dict:

@@ -69,9 +69,8 @@ def resized_crop(img: Image.Image, box: Box, size: int, channels: int,
 
   The box is chosen before decoding, so the reduction changes only the pixels' source resolution,
   never which region is cropped. With `data` (the encoded bytes `img` was opened from), RGB JPEGs
-  are decoded only around the box (decode.decode_jpeg_box): the same pixels, less work. The
-  resize is the `_resize` extension when built (PIL's result bit for bit, flip included), else
-  PIL's.
+  are decoded only around the box (decode.decode_jpeg_box): the same pixels, less work, and
+  resized by the `_resize` extension when built (PIL's result bit for bit, flip included).
   """
   left, top, w, h = box
   scale = 1.0
@@ -87,16 +86,32 @@ def resized_crop(img: Image.Image, box: Box, size: int, channels: int,
                                                                       -(-height // d))), 1)
   src = (left / scale, top / scale, (left + w) / scale, (top + h) / scale)
   if data is not None and channels == 3 and img.format == 'JPEG':
-    region = _filter_region(src, size, img.size)
-    part = decode.decode_jpeg_box(data, img, region, denom)
-    if part is not None:
-      x, y = region[:2]
-      return resize(part, (src[0] - x, src[1] - y, src[2] - x, src[3] - y), size, flip)
-  img = convert(img, channels)
-  if _resize is None:
-    img = img.resize((size, size), Image.BILINEAR, box=src)
-    return np.asarray(flip_image(img) if flip else img).reshape(size, size, channels)
-  return resize(np.asarray(img).reshape(img.height, img.width, channels), src, size, flip)
+    out = _partial_resized(data, img, img.size, src, size, denom, flip)
+    if out is not None:
+      return out
+  # A whole decoded image: PIL's own resize (converting all of it to an array first costs more
+  # than the faster resize saves). Bit-identical to `resize` (tests/data/test_resize.py).
+  img = convert(img, channels).resize((size, size), Image.BILINEAR, box=src)
+  return np.asarray(flip_image(img) if flip else img).reshape(size, size, channels)
+
+
+def jpeg_resized_crop(data: bytes, image_size: tuple[int, int], box: Box, size: int,
+                      flip: bool = False) -> np.ndarray | None:
+  """resized_crop of JPEG bytes whose (width, height) decode.jpeg_size read, without PIL: only
+  the box is decoded (no DCT reduction). The same pixels as resized_crop; None if the decoder
+  declines (the caller then goes through PIL)."""
+  left, top, w, h = box
+  return _partial_resized(data, None, image_size, (left, top, left + w, top + h), size, 1, flip)
+
+
+def _partial_resized(data, img, image_size, src, size: int, denom: int, flip: bool):
+  # The pixels PIL's resize of `src` reads, decoded alone, then resized with `src` shifted.
+  region = _filter_region(src, size, image_size)
+  part = decode.decode_jpeg_box(data, img, region, denom)
+  if part is None:
+    return None
+  x, y = region[:2]
+  return resize(part, (src[0] - x, src[1] - y, src[2] - x, src[3] - y), size, flip)
 
 
 def resize(pixels: np.ndarray, box: tuple[float, float, float, float], size: int,

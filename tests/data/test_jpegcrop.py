@@ -166,3 +166,19 @@ def test_fallback_without_extension_warns_once(monkeypatch, caplog):
   assert sum('_jpegcrop is not built' in r.message for r in caplog.records) == 1
   for fast, slow in pairs:
     np.testing.assert_array_equal(fast, slow)
+
+
+def test_header_only_path_equals_the_pil_opened_path(jpegcrop, monkeypatch):
+  data = _photo()
+  assert decode.jpeg_size(data) == (640, 427)
+  assert decode.jpeg_size(data[:5000]) is None  # truncated: no end-of-image marker
+  assert decode.jpeg_size(b'\x89PNG\r\n\x1a\n' + data[2:]) is None
+  cmyk = io.BytesIO()
+  Image.open(io.BytesIO(data)).convert('CMYK').save(cmyk, format='JPEG')
+  assert decode.jpeg_size(cmyk.getvalue()) is None
+  procs = [Processor(64, 3, 1000, *stats.IMAGENET, augment='imagenet', train=t) for t in (1, 0)]
+  fast = [p.image(data, np.random.default_rng(s)) for p in procs for s in range(8)]
+  monkeypatch.setattr(decode, 'jpeg_size', lambda data: None)  # open with PIL first, as before
+  slow = [p.image(data, np.random.default_rng(s)) for p in procs for s in range(8)]
+  for a, b in zip(fast, slow, strict=True):
+    np.testing.assert_array_equal(a, b)
