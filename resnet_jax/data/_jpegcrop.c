@@ -45,6 +45,22 @@ static void emit_message(j_common_ptr cinfo, int msg_level) {
 
 static void output_message(j_common_ptr cinfo) { (void)cinfo; }
 
+/* Routes libjpeg's errors and warnings to err (longjmp to err->env) instead of exit(). */
+static void use_error_manager(struct jpeg_decompress_struct *cinfo, ErrorManager *err) {
+  cinfo->err = jpeg_std_error(&err->pub);
+  err->pub.error_exit = error_exit;
+  err->pub.emit_message = emit_message;
+  err->pub.output_message = output_message;
+  err->msg[0] = '\0';
+}
+
+/* The colour spaces decoded here (to RGB); others (CMYK, YCCK) are left to PIL. */
+static int supported(const struct jpeg_decompress_struct *cinfo) {
+  return (cinfo->jpeg_color_space == JCS_YCbCr && cinfo->num_components == 3) ||
+         (cinfo->jpeg_color_space == JCS_RGB && cinfo->num_components == 3) ||
+         (cinfo->jpeg_color_space == JCS_GRAYSCALE && cinfo->num_components == 1);
+}
+
 typedef struct {
   const unsigned char *data;
   size_t size;
@@ -61,11 +77,7 @@ static int run(Job *job) {
   struct jpeg_decompress_struct cinfo;
   ErrorManager err;
 
-  cinfo.err = jpeg_std_error(&err.pub);
-  err.pub.error_exit = error_exit;
-  err.pub.emit_message = emit_message;
-  err.pub.output_message = output_message;
-  err.msg[0] = '\0';
+  use_error_manager(&cinfo, &err);
   if (setjmp(err.env)) {
     snprintf(job->msg, sizeof job->msg, "%s", err.msg);
     jpeg_destroy_decompress(&cinfo);
@@ -74,9 +86,7 @@ static int run(Job *job) {
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, job->data, (unsigned long)job->size);
   jpeg_read_header(&cinfo, TRUE);
-  if (!((cinfo.jpeg_color_space == JCS_YCbCr && cinfo.num_components == 3) ||
-        (cinfo.jpeg_color_space == JCS_RGB && cinfo.num_components == 3) ||
-        (cinfo.jpeg_color_space == JCS_GRAYSCALE && cinfo.num_components == 1))) {
+  if (!supported(&cinfo)) {
     jpeg_destroy_decompress(&cinfo);
     return UNSUPPORTED;
   }
@@ -177,11 +187,7 @@ static PyObject *size(PyObject *self, PyObject *args) {
   struct jpeg_decompress_struct cinfo;
   ErrorManager err;
   PyObject *result = NULL;
-  cinfo.err = jpeg_std_error(&err.pub);
-  err.pub.error_exit = error_exit;
-  err.pub.emit_message = emit_message;
-  err.pub.output_message = output_message;
-  err.msg[0] = '\0';
+  use_error_manager(&cinfo, &err);
   if (data.len == 0) {
     PyBuffer_Release(&data);
     PyErr_SetString(JpegError, "empty data");
@@ -196,9 +202,7 @@ static PyObject *size(PyObject *self, PyObject *args) {
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, (const unsigned char *)data.buf, (unsigned long)data.len);
   jpeg_read_header(&cinfo, TRUE);
-  if ((cinfo.jpeg_color_space == JCS_YCbCr && cinfo.num_components == 3) ||
-      (cinfo.jpeg_color_space == JCS_RGB && cinfo.num_components == 3) ||
-      (cinfo.jpeg_color_space == JCS_GRAYSCALE && cinfo.num_components == 1))
+  if (supported(&cinfo))
     result = Py_BuildValue("(II)", cinfo.image_width, cinfo.image_height);
   else
     result = Py_NewRef(Py_None);
