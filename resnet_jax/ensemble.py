@@ -36,7 +36,7 @@ def _load_members(workdirs: list[str]):
     config.half_precision = False
     model = create_model_from_config(config, meta.num_classes)
     shape = (config.data.image_size, config.data.image_size, meta.channels)
-    members.append((workdir, model, predict._restore_variables(step_dir, model, shape)))
+    members.append((workdir, model, predict.restore_variables(step_dir, model, shape)))
   return members, data_config
 
 

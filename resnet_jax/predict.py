@@ -129,7 +129,7 @@ def resolve_run(path: str) -> tuple[str, str]:
   return config_path, step_dir
 
 
-def _restore_variables(step_dir: str, model, image_shape: tuple[int, int, int]) -> dict:
+def restore_variables(step_dir: str, model, image_shape: tuple[int, int, int]) -> dict:
   """params and batch_stats of the TrainState at `step_dir` (optimiser state etc. not read)."""
   import jax
   import jax.numpy as jnp
@@ -171,7 +171,7 @@ def load_run(path: str, model_name: str | None = None) -> Predictor:
   from resnet_jax.train import create_model_from_config
   config.half_precision = False
   model = create_model_from_config(config, meta.num_classes)
-  variables = _restore_variables(step_dir, model, processor.shape)
+  variables = restore_variables(step_dir, model, processor.shape)
   return Predictor(model, variables, labels, lambda data: processor.image(data, None),
                    f'{config.model.name} on {config.data.name} from {step_dir}')
 
