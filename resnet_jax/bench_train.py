@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
   parser.add_argument('--num-classes', type=int, default=1000)
   parser.add_argument('--dtype', default='float32', choices=sorted(DTYPES),
                       help='compute dtype (params stay float32)')
-  parser.add_argument('--conv-impl', default='auto', help='auto | xla | matmul')
+  parser.add_argument('--conv-impl', default='auto', help='auto | xla | matmul | cpu')
   parser.add_argument('--steps', type=int, default=5, help='timed steps (median reported)')
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compiling')
   parser.add_argument('--repeat', type=int, default=1,

@@ -5,9 +5,19 @@ rate, forward and above all backward; written as a matmul over channels they run
 speed (measured by `python -m resnet_jax.bench train`, numbers in README). GPUs and TPUs have
 native convolution kernels for which the rewrite buys nothing, hence a per-platform default.
 
+Inside a loop body (`scan_blocks=True`), XLA:CPU leaves the two gradient convolutions JAX
+derives for a 3x3 convolution in their non-canonical dimension orders (kernel gradient:
+batch and feature roles swapped; input gradient: kernel as 'oi') and runs them with its naive
+convolution loop, 10-50x slower than its convolution library; outside loops it transposes them
+itself. `conv_impl='cpu'` writes both gradients as canonical NHWC/HWIO convolutions with
+explicit transposes: the same arithmetic (bit-identical gradients, tested), scanned ResNet-50
+then runs at the unrolled speed.
+
 The parameter is the same `kernel` of shape (1, 1, in, out) in every lowering, so checkpoints,
 torchvision conversion and the summary do not depend on the choice.
 """
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -15,8 +25,10 @@ import jax.numpy as jnp
 
 # xla:      lax.conv_general_dilated everywhere (nn.Conv).
 # matmul:   1x1 convolutions as channel matmuls (a strided 1x1 slices first); others as xla.
-# auto:     matmul on CPU, xla on GPU/TPU.
-CONV_IMPLS = ('auto', 'xla', 'matmul')
+# cpu:      matmul, and stride-1 kxk convolutions with canonical-layout gradient convolutions.
+# auto:     cpu on CPU, xla on GPU/TPU.
+CONV_IMPLS = ('auto', 'xla', 'matmul', 'cpu')
+_CANONICAL = ('NHWC', 'HWIO', 'NHWC')
 
 
 def resolve_conv_impl(impl: str) -> str:
@@ -24,25 +36,87 @@ def resolve_conv_impl(impl: str) -> str:
   if impl not in CONV_IMPLS:
     raise ValueError(f'conv_impl={impl!r}: expected one of {CONV_IMPLS}.')
   if impl == 'auto':
-    return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
+    return 'cpu' if jax.default_backend() == 'cpu' else 'xla'
   return impl
 
 
+def _conv(x: jax.Array, kernel: jax.Array, padding, precision=None) -> jax.Array:
+  return jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), padding, dimension_numbers=_CANONICAL, precision=precision
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_canonical_grads(x: jax.Array, kernel: jax.Array, padding, precision=None) -> jax.Array:
+  """Stride-1 NHWC/HWIO convolution whose gradients are canonical convolutions too.
+
+  `padding` is ((top, bottom), (left, right)). Values and gradients equal
+  `lax.conv_general_dilated`'s; only the dimension orders XLA sees in the backward pass differ.
+  """
+  return _conv(x, kernel, padding, precision)
+
+
+def _conv_fwd(x, kernel, padding, precision):
+  return _conv(x, kernel, padding, precision), (x, kernel)
+
+
+def _conv_bwd(padding, precision, residuals, grad):
+  x, kernel = residuals
+  # Input gradient: the output gradient convolved with the kernel flipped in space and with
+  # in/out swapped (a small transpose of the kernel, not of activations); padding k-1-p.
+  flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+  pad_t = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel.shape[:2], padding))
+  grad_x = _conv(grad, flipped, pad_t, precision)
+  # Kernel gradient: a convolution of the input, channels as the batch ([Cin, H, W, N]), with
+  # the output gradient as the kernel ([Ho, Wo, N, Cout]); the output [Cin, kh, kw, Cout] holds
+  # the kernel gradient, which a transpose puts back in HWIO.
+  grad_k = _conv(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(grad, (1, 2, 0, 3)), padding,
+                 precision)
+  return grad_x, jnp.transpose(grad_k, (1, 2, 0, 3)).astype(kernel.dtype)
+
+
+conv_canonical_grads.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _explicit_padding(padding):
+  """((lo, hi), (lo, hi)) for an int or pair-of-pairs padding, None for anything else."""
+  if isinstance(padding, int):
+    return ((padding, padding), (padding, padding))
+  if (isinstance(padding, (tuple, list)) and len(padding) == 2
+      and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in padding)):
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+  return None
+
+
 class Conv(nn.Conv):
-  """nn.Conv with `impl` choosing how 1x1 convolutions are lowered."""
+  """nn.Conv with `impl` choosing how convolutions are lowered (see CONV_IMPLS)."""
 
   impl: str = 'xla'
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
-    is_pointwise = (
-      tuple(self.kernel_size) == (1, 1) and self.feature_group_count == 1
-      and self.padding in ('SAME', 'VALID', 0, ((0, 0), (0, 0)))
-      and self.input_dilation in (None, 1, (1, 1))
-      and self.kernel_dilation in (None, 1, (1, 1))
+    impl = resolve_conv_impl(self.impl)
+    plain = (
+      self.feature_group_count == 1 and self.input_dilation in (None, 1, (1, 1))
+      and self.kernel_dilation in (None, 1, (1, 1)) and len(self.kernel_size) == 2
     )
-    if resolve_conv_impl(self.impl) != 'matmul' or not is_pointwise:
-      return super().__call__(inputs)
+    is_pointwise = plain and tuple(self.kernel_size) == (1, 1) and self.padding in (
+      'SAME', 'VALID', 0, ((0, 0), (0, 0)))
+    if impl in ('matmul', 'cpu') and is_pointwise:
+      return self._pointwise(inputs)
+    padding = _explicit_padding(self.padding)
+    if (impl == 'cpu' and plain and padding is not None and self.strides in (None, 1, (1, 1))
+        and not self.use_bias):
+      return self._canonical_grads(inputs, padding)
+    return super().__call__(inputs)
+
+  def _canonical_grads(self, inputs: jax.Array, padding) -> jax.Array:
+    kernel = self.param('kernel', self.kernel_init,
+                        (*self.kernel_size, inputs.shape[-1], self.features), self.param_dtype)
+    inputs, kernel = self.promote_dtype(inputs, kernel, dtype=self.dtype)
+    return conv_canonical_grads(inputs, kernel, padding, self.precision)
+
+  def _pointwise(self, inputs: jax.Array) -> jax.Array:
     strides = self.strides or (1, 1)
     strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
     # Same name, shape and initialiser as nn.Conv's, so both lowerings share one checkpoint.

@@ -76,7 +76,7 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5  # torchvision's epsilon.
   dtype: Any = jnp.float32  # Compute dtype.
   param_dtype: Any = jnp.float32  # Parameter dtype.
-  conv_impl: str = 'auto'  # How 1x1 convolutions lower: auto | xla | matmul (see layers.py).
+  conv_impl: str = 'auto'  # How convolutions lower: auto | xla | matmul | cpu (see layers.py).
   scan_blocks: bool = False  # nn.scan over each stage's repeated blocks: compile time ~ depth^0.
   remat: bool = False  # Rematerialise each block in the backward pass (less activation memory).
 

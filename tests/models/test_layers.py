@@ -7,19 +7,20 @@ import numpy as np
 import pytest
 
 from resnet_jax.models import create_model, model_fields
-from resnet_jax.models.layers import max_pool_3x3_s2, resolve_conv_impl
+from resnet_jax.models.layers import conv_canonical_grads, max_pool_3x3_s2, resolve_conv_impl
 
 
 def _rel_err(a, b):
   return float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-12))
 
 
+@pytest.mark.parametrize('impl', ['matmul', 'cpu'])
 @pytest.mark.parametrize('name', ['resnet50', 'resnet50d', 'resnet50_v1', 'preact_resnet50'])
-def test_matmul_lowering_equals_xla_forward_and_gradients(name):
+def test_lowering_equals_xla_forward_and_gradients(name, impl):
   stages = (1,) * len(model_fields(name)['stage_sizes'])
   x = jax.random.normal(jax.random.key(1), (2, 40, 40, 3))
   ref = create_model(name, stage_sizes=stages, conv_impl='xla', zero_init_residual=False)
-  mm = create_model(name, stage_sizes=stages, conv_impl='matmul', zero_init_residual=False)
+  mm = create_model(name, stage_sizes=stages, conv_impl=impl, zero_init_residual=False)
   v = ref.init(jax.random.key(0), x)
   # Same parameter tree, names and initial values: the lowering is not part of the format.
   jax.tree.map(np.testing.assert_array_equal, v, mm.init(jax.random.key(0), x))
@@ -38,6 +39,44 @@ def test_matmul_lowering_equals_xla_forward_and_gradients(name):
   assert max(jax.tree.leaves(errs)) <= 1e-5, errs
 
 
+@pytest.mark.parametrize('kernel_size, padding', [
+  ((3, 3), ((1, 1), (1, 1))), ((3, 3), ((0, 0), (0, 0))), ((5, 3), ((2, 1), (0, 2))),
+  ((7, 7), ((3, 3), (3, 3))),
+])
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_canonical_gradient_convolutions_equal_jax_gradients(kernel_size, padding, dtype):
+  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (3, 11, 9, 5), dtype)
+  w = jax.random.normal(kw, (*kernel_size, 5, 4), dtype)
+
+  def ref(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), padding,
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  y_ref, vjp_ref = jax.vjp(ref, x, w)
+  y, vjp = jax.vjp(lambda x, w: conv_canonical_grads(x, w, padding), x, w)
+  assert y.dtype == y_ref.dtype
+  np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y_ref, np.float32))
+  g = jax.random.normal(kg, y.shape, dtype)
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  for got, want in zip(vjp(g), vjp_ref(g)):
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert _rel_err(got.astype(jnp.float32), want.astype(jnp.float32)) <= tol
+
+
+def test_cpu_lowering_keeps_strided_grouped_and_biased_convolutions_on_xla():
+  # Only stride-1, ungrouped, bias-free convolutions take the canonical-gradient path; the rest
+  # must still compute exactly what nn.Conv computes.
+  from resnet_jax.models.layers import Conv
+  x = jax.random.normal(jax.random.key(1), (2, 9, 9, 4))
+  for kw in (dict(strides=2), dict(feature_group_count=2), dict(use_bias=True)):
+    ref = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), **kw)
+    ours = Conv(4, (3, 3), padding=((1, 1), (1, 1)), impl='cpu', **kw)
+    v = ref.init(jax.random.key(0), x)
+    jax.tree.map(np.testing.assert_array_equal, v, ours.init(jax.random.key(0), x))
+    np.testing.assert_array_equal(ours.apply(v, x), ref.apply(v, x))
+
+
 def test_max_pool_equals_reduce_window_values_and_gradients():
   def pool(x):
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -51,7 +90,7 @@ def test_max_pool_equals_reduce_window_values_and_gradients():
 
 
 def test_auto_resolves_per_platform():
-  assert resolve_conv_impl('auto') == ('matmul' if jax.default_backend() == 'cpu' else 'xla')
+  assert resolve_conv_impl('auto') == ('cpu' if jax.default_backend() == 'cpu' else 'xla')
   with pytest.raises(ValueError, match='conv_impl'):
     resolve_conv_impl('cudnn')
 
@@ -76,6 +115,18 @@ def test_scanned_blocks_equal_unrolled_and_convert_both_ways():
   assert _rel_err(ys, y) <= 1e-5
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                scan.unroll(upds)['batch_stats'], upd['batch_stats'])
+
+  # Gradients through the scanned stages (the loop body's convolutions use the canonical
+  # gradient path on CPU) equal the unrolled model's.
+  def grads(model, variables):
+    def loss(p):
+      out, _ = model.apply({**variables, 'params': p}, x, train=True, mutable=['batch_stats'])
+      return jnp.sum(out**2)
+    return jax.grad(loss)(variables['params'])
+
+  errs = jax.tree.map(_rel_err, scan.unroll({'params': grads(scanned, vs)})['params'],
+                      grads(unrolled, v))
+  assert max(jax.tree.leaves(errs)) <= 1e-5, errs
 
 
 def test_remat_computes_the_same_gradients():
