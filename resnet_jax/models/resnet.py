@@ -15,8 +15,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from resnet_jax.models.batch_norm import BatchNorm
 from resnet_jax.models.blocks import BLOCKS, SHORTCUTS, _pad
 from resnet_jax.models.layers import CONV_IMPLS, Conv, max_pool_3x3_s2
+from resnet_jax.models.remat import remat_call, remat_function
 from resnet_jax.models.resnest import ResNeStBottleneck
 
 # ResNeSt's block lives in its own module (it imports the shortcut from blocks); no pre-act form.
@@ -112,7 +114,7 @@ class ResNet(nn.Module):
       param_dtype=self.param_dtype, impl=self.conv_impl,
     )
     norm = functools.partial(
-      nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+      BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
       epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
     )
     x = jnp.asarray(x, self.dtype)
@@ -121,13 +123,18 @@ class ResNet(nn.Module):
     stages = {}
     block_cls = _BLOCKS[self.block][self.preact]
     extra = {'radix': self.radix} if self.block == 'resnest' else {}
-    if self.remat:
-      # Keep only each block's input for the backward pass; recompute the rest (~1/3 more
-      # forward FLOPs for a large cut in activation memory).
-      block_cls = nn.remat(block_cls)
+    # remat: keep only each block's input for the backward pass and recompute the rest (~1/3
+    # more forward FLOPs for a large cut in activation memory). Unrolled blocks go through
+    # remat_call, which orders each recomputation after the block's output gradient (see
+    # models/remat.py); a scanned stage recomputes inside its backward loop anyway.
+    scanned_cls = nn.remat(block_cls) if self.remat else block_cls
+
+    def apply(block: nn.Module, x):
+      return remat_call(block, x) if self.remat else block(x)
+
     for i, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_widths)):
-      make_block = functools.partial(
-        block_cls, planes=planes, conv=conv, norm=norm, shortcut=self.shortcut,
+      block_fields = dict(
+        planes=planes, conv=conv, norm=norm, shortcut=self.shortcut,
         # Without a shortcut a zero-scaled branch is the whole block: its output would be 0 and
         # nothing would train (plain nets have no residual branch to zero).
         zero_init_last=self.zero_init_residual and self.shortcut != 'none',
@@ -136,12 +143,13 @@ class ResNet(nn.Module):
         se_reduction=self.se_reduction, **extra,
       )
       # The first block changes shape (stride, width); the others repeat one shape.
-      x = make_block(strides=2 if i > 0 else 1, name=f'layer{i + 1}_0')(x)
+      x = apply(block_cls(strides=2 if i > 0 else 1, name=f'layer{i + 1}_0', **block_fields), x)
       if self.scan_blocks and num_blocks > 2:
-        x = _scan_blocks(make_block(strides=1, name=f'layer{i + 1}_rest'), x, num_blocks - 1)
+        rest = scanned_cls(strides=1, name=f'layer{i + 1}_rest', **block_fields)
+        x = _scan_blocks(rest, x, num_blocks - 1)
       else:
         for j in range(1, num_blocks):
-          x = make_block(strides=1, name=f'layer{i + 1}_{j}')(x)
+          x = apply(block_cls(strides=1, name=f'layer{i + 1}_{j}', **block_fields), x)
       stride *= 2 if i > 0 else 1
       stages[f'C{stride.bit_length() - 1}'] = x
     if self.preact:
@@ -172,7 +180,9 @@ class ResNet(nn.Module):
       # Pre-activation nets normalise at the start of every block instead (as Keras' V2).
       x = nn.relu(norm(name='bn1')(x))
     # torch's MaxPool2d(3, 2, padding=1); see max_pool_3x3_s2 for why not nn.max_pool.
-    return max_pool_3x3_s2(x)
+    # With remat, the pooling's nine-way maximum is recomputed too (it kept eight stem-sized
+    # partial maxima alive through the whole backward pass: ~100 MB at ResNet-50 b16).
+    return remat_function(max_pool_3x3_s2)(x) if self.remat else max_pool_3x3_s2(x)
 
   def _head(self, x):
     pooling = self.pooling if not self.include_top else (self.pooling or 'avg')

@@ -1,0 +1,69 @@
+"""Per-block rematerialisation whose recomputation waits for the block's output gradient.
+
+`nn.remat` (jax.checkpoint) keeps a block's inputs and recomputes its activations in the
+backward pass, but nothing orders that recomputation after the gradient reaching the block:
+its only inputs are values the forward pass already produced, so a scheduler may run every
+block's recomputation early, when all of them are live at once. XLA:CPU does: ResNet-50 b16
+with `nn.remat` had 30% *more* peak memory than without (`python -m resnet_jax.bench train`).
+
+`remat_call(block, x)` makes the dependency explicit: the backward rule derives the saved
+inputs it recomputes from through the incoming gradient (see _untied_from_forward), so the
+block's forward is recomputed only once its output gradient exists — the order backprop
+needs, one block's activations live at a time. Values, gradients and BatchNorm updates equal
+the plain call (tested).
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def _call(block: nn.Module, x):
+  return block(x)
+
+
+_checkpointed = nn.checkpoint(_call)
+
+
+def _forward(block: nn.Module, x):
+  # The vjp of a checkpointed call keeps only the call's inputs (parameters, x) as residuals.
+  return nn.vjp(_checkpointed, block, x)
+
+
+def _untied_from_forward(residuals, grad):
+  """`residuals` + 0 * (one element of `grad`): the same values, but not the forward's.
+
+  Two things this buys that `nn.remat` alone did not on XLA:CPU, whose pipeline drops the
+  optimisation barriers jax.checkpoint relies on: the recomputation can no longer be merged
+  (CSE) with the forward computation it repeats — which silently undid the remat — and it
+  cannot start before the block's output gradient exists. 0 * g is not folded for floats.
+  """
+  zero = 0.0 * jax.lax.stop_gradient(grad.reshape(-1)[0])
+  return [r + zero.astype(r.dtype) if jnp.issubdtype(r.dtype, jnp.floating) else r
+          for r in residuals]
+
+
+def _backward(vjp_fn, grad):
+  residuals, treedef = jax.tree.flatten(vjp_fn)
+  return jax.tree.unflatten(treedef, _untied_from_forward(residuals, grad))(grad)
+
+
+remat_call = nn.custom_vjp(_call, forward_fn=_forward, backward_fn=_backward)
+
+
+def remat_function(fn):
+  """The same rematerialisation for a parameter-free function of one array (a pooling)."""
+
+  @jax.custom_vjp
+  def call(x):
+    return fn(x)
+
+  def forward(x):
+    return fn(x), x
+
+  def backward(x, grad):
+    (x,) = _untied_from_forward([x], grad)
+    return jax.vjp(fn, x)[1](grad)
+
+  call.defvjp(forward, backward)
+  return call
