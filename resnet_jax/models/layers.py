@@ -11,7 +11,7 @@ batch and feature roles swapped; input gradient: kernel as 'oi') and runs them w
 convolution loop, 10-50x slower than its convolution library; outside loops it transposes them
 itself. `conv_impl='cpu'` writes both gradients as canonical NHWC/HWIO convolutions with
 explicit transposes: the same arithmetic (bit-identical gradients, tested), scanned ResNet-50
-then runs at the unrolled speed.
+then runs within 4-15% of the unrolled speed (0.22x before).
 
 The parameter is the same `kernel` of shape (1, 1, in, out) in every lowering, so checkpoints,
 torchvision conversion and the summary do not depend on the choice.

@@ -36,7 +36,9 @@ def _untied_from_forward(residuals, grad):
   Two things this buys that `nn.remat` alone did not on XLA:CPU, whose pipeline drops the
   optimisation barriers jax.checkpoint relies on: the recomputation can no longer be merged
   (CSE) with the forward computation it repeats — which silently undid the remat — and it
-  cannot start before the block's output gradient exists. 0 * g is not folded for floats.
+  cannot start before the block's output gradient exists. 0 * g is not folded for floats; a
+  non-finite g makes the recomputed gradients non-finite, which the step's non-finite check
+  catches as it would have anyway.
   """
   zero = 0.0 * jax.lax.stop_gradient(grad.reshape(-1)[0])
   return [r + zero.astype(r.dtype) if jnp.issubdtype(r.dtype, jnp.floating) else r
