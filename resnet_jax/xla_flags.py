@@ -11,11 +11,23 @@ N GPUs, BatchNorm statistics still over the global batch) runs N op streams at o
 2 cores (`bench train`, fp32): CIFAR ResNet-20 b128@28 528 -> 711 (2 devices) -> 830 img/s (4);
 ResNet-18 b32@224 13.3 -> 18.0 (2) -> 18.5 (4); ResNet-50 b16@224 5.19 -> 6.44 (2) -> 5.86 (4).
 The flag only shapes the CPU platform; on GPU/TPU `jax.devices()` are the accelerators.
+
+Convolutions on XLA:CPU's Eigen path instead of YNNPACK (`-individual_convolution`; dots stay
+on YNNPACK): jax 0.10.2 hands every convolution to YNNPACK, which runs the kernel gradient of a
+3x3 or 7x7 convolution 2-5x slower than Eigen (ResNet-18 b32: layer1 3x3 kernel gradient 205
+-> 58 ms, stem 7x7 474 -> 86 ms; forward 53 -> 30 ms) and does not split one convolution over
+the cores. Train step, 2 cores, default devices, medians of 2 interleaved rounds: ResNet-18
+b32 10.7 -> 14.6 img/s, WRN-16-2 b128@28 219 -> 278, CIFAR ResNet-20 b128@28 405 -> 432,
+ResNet-50 b16 4.02 -> 4.40, ResNet-152 b8 1.70 -> 1.76; results equal to float32 rounding
+(parity tests unchanged). `bench train --xla-variant`, bench/results/xla_flags_*.json.
 """
 
 import os
 
-DEFAULTS = {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
+DEFAULTS = {
+  'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
+  'xla_cpu_experimental_ynn_fusion_type': '-individual_convolution',
+}
 DEVICE_COUNT_FLAG = 'xla_force_host_platform_device_count'
 MAX_AUTO_CPU_DEVICES = 8  # Beyond the 2-4 measured; more devices than this only shrink batches.
 
@@ -49,3 +61,12 @@ def apply_defaults(environ=os.environ, cpu_devices: int = 1) -> str:
       flags = f'{flags} --{name}={value}'.strip()
   environ['XLA_FLAGS'] = flags
   return flags
+
+
+def merge(flags: str, overrides: str) -> str:
+  """`flags` with every --name=value of `overrides` replacing the same name's (or appended)."""
+  def name(token: str) -> str:
+    return token.split('=', 1)[0]
+  replaced = {name(t) for t in overrides.split()}
+  kept = [t for t in flags.split() if name(t) not in replaced]
+  return ' '.join(kept + overrides.split())

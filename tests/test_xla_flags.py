@@ -9,8 +9,45 @@ def test_defaults_added_and_user_flags_kept():
   assert '--xla_force_host_platform_device_count=8' in flags
   assert '--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED' in flags
   env = {'XLA_FLAGS': '--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT'}
-  assert xla_flags.apply_defaults(env) == '--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT'
+  assert xla_flags.apply_defaults(env).split()[0] == (
+    '--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT')
+  assert xla_flags.apply_defaults(env).count('scheduler_type') == 1
   assert xla_flags.apply_defaults({}).startswith('--xla_cpu_scheduler_type=')
+  assert '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution' in flags
+  env = {'XLA_FLAGS': '--xla_cpu_experimental_ynn_fusion_type=+individual_convolution'}
+  assert xla_flags.apply_defaults(env).count('ynn_fusion_type') == 1
+
+
+def _ynn_fusions(xla_flags_value: str) -> tuple[int, int]:
+  """YNNPACK fusions in a compiled 3x3 convolution and in a compiled matmul, in a fresh process."""
+  import subprocess
+  import sys
+  code = (
+    'import jax, jax.numpy as jnp\n'
+    'conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",'
+    ' dimension_numbers=("NHWC", "HWIO", "NHWC")))\n'
+    'dot = jax.jit(lambda a, b: a @ b)\n'
+    'c = conv.lower(jnp.ones((4, 16, 16, 32)), jnp.ones((3, 3, 32, 32))).compile().as_text()\n'
+    'd = dot.lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile().as_text()\n'
+    'print(c.count("kind=kCustom"), d.count("kind=kCustom"))\n'
+  )
+  env = {'PATH': '', 'XLA_FLAGS': xla_flags_value, 'JAX_PLATFORMS': 'cpu'}
+  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                       check=True).stdout.split()
+  return int(out[0]), int(out[1])
+
+
+def test_convolutions_leave_ynnpack_and_dots_stay():
+  # The default reaches the compiler: the convolution is no YNNPACK fusion, the matmul still is;
+  # with YNNPACK's own default (the flag overridden) the convolution is one.
+  assert _ynn_fusions(xla_flags.apply_defaults({})) == (0, 1)
+  overridden = {'XLA_FLAGS': '--xla_cpu_experimental_ynn_fusion_type=+individual_convolution'}
+  assert _ynn_fusions(xla_flags.apply_defaults(overridden)) == (1, 1)
+
+
+def test_merge_replaces_flags_by_name():
+  assert xla_flags.merge('--a=1 --b=2', '--b=3 --c=4') == '--a=1 --b=3 --c=4'
+  assert xla_flags.merge('', '') == '' and xla_flags.merge('--a=1', '') == '--a=1'
 
 
 def test_cpu_devices_added_unless_the_user_set_a_count():
