@@ -13,6 +13,7 @@ SUBCOMMANDS = {
   'input': ('resnet_jax.data.bench_input', 'input-pipeline throughput (images/s per core)'),
   'train': ('resnet_jax.bench_train', 'train-step speed, compile time, memory (random data)'),
   'eval': ('resnet_jax.bench_eval', 'eval forward throughput and batch-1 latency'),
+  'torch': ('resnet_jax.bench_torch', "torchvision's train step on this machine (reference)"),
 }
 
 
@@ -28,7 +29,10 @@ def main(argv: list[str] | None = None) -> dict:
     importlib.import_module(module_name).add_arguments(p)
   args = parser.parse_args(argv)
   # What training runs with (before any subcommand starts the XLA backend).
+  import os
+
   from resnet_jax import xla_flags
+  args.user_xla_flags = os.environ.get('XLA_FLAGS', '')  # before the defaults: for child runs
   cpu_devices = getattr(args, 'cpu_devices', 1)
   if cpu_devices == 0:
     cpu_devices = xla_flags.auto_cpu_devices(args.batch)

@@ -5,11 +5,18 @@ decay, BatchNorm over the global batch, donated state), so what is measured is w
 Reports compile time, the median step time after warm-up, images/s, achieved GFLOP/s (XLA's
 cost analysis of the compiled step / step time) against a matmul peak measured in the same
 process, and the peak memory XLA plans for the step (summed over the devices it runs on).
+`--variant` compares model fields in one process; `--xla-variant` compares XLA flag sets, one
+child process per flag set and round (XLA reads its flags once, when the backend starts).
 """
 
 import ast
 import functools
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -17,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import compilation_cache, optim, parallel, steps
+from resnet_jax import compilation_cache, optim, parallel, steps, xla_flags
 from resnet_jax.models import create_model
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -44,6 +51,11 @@ def add_arguments(parser) -> None:
   parser.add_argument('--variant', action='append', default=[], metavar='NAME:FIELD=V,…',
                       help='compare model variants in one run, interleaved, e.g. '
                            '--variant xla:conv_impl=xla --variant mm:conv_impl=matmul')
+  parser.add_argument('--xla-variant', action='append', default=[], metavar='NAME=FLAGS',
+                      help='compare XLA flag sets, each in a fresh process (flags are read when '
+                           'the backend starts), interleaved over --repeat rounds, e.g. '
+                           '--xla-variant ynn=--xla_cpu_experimental_ynn_fusion_type='
+                           '+individual_convolution --xla-variant default=')
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -204,8 +216,63 @@ def _header(args) -> dict:
   }
 
 
+def _child_argv(args) -> list[str]:
+  """This measurement's command line for one round in a child process (no --xla-variant)."""
+  argv = [sys.executable, '-m', 'resnet_jax.bench', 'train', '--model', args.model,
+          '--batch', str(args.batch), '--image-size', str(args.image_size),
+          '--num-classes', str(args.num_classes), '--dtype', args.dtype,
+          '--conv-impl', args.conv_impl, '--steps', str(args.steps),
+          '--warmup', str(args.warmup), '--cpu-devices', str(args.cpu_devices)]
+  return argv
+
+
+def run_xla_variants(args) -> dict:
+  """Each NAME=FLAGS in its own process per round; medians and ratios to the first."""
+  if args.variant:
+    raise ValueError('--xla-variant and --variant cannot be combined: compare one kind at a time')
+  variants = []
+  for text in args.xla_variant:
+    name, sep, flags = text.partition('=')
+    if not sep or not name:
+      raise ValueError(f'--xla-variant {text!r}: expected NAME=FLAGS (FLAGS may be empty)')
+    variants.append((name, flags))
+  user_flags = getattr(args, 'user_xla_flags', '')
+  runs = {name: [] for name, _ in variants}
+  with tempfile.TemporaryDirectory() as tmp:
+    for round_ in range(args.repeat):
+      for name, flags in variants:  # Interleaved: a noisy minute hits every variant alike.
+        out = os.path.join(tmp, f'{name}_{round_}.json')
+        env = {**os.environ, 'XLA_FLAGS': xla_flags.merge(user_flags, flags)}
+        proc = subprocess.run([*_child_argv(args), '--json', out], env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+          raise RuntimeError(f'--xla-variant {name} round {round_ + 1} failed '
+                             f'(exit {proc.returncode}):\n{proc.stderr[-2000:]}')
+        with open(out) as f:
+          runs[name].append(json.load(f))
+  keys = ('compile_s', 'step_s', 'images_per_sec', 'gflops_per_sec', 'peak_memory_bytes',
+          'matmul_peak_gflops')
+  medians = {name: {k: statistics.median(r[k] for r in rs) for k in keys}
+             for name, rs in runs.items()}
+  base = variants[0][0]
+  first = runs[base][0]  # The parent never starts a backend: the children's header.
+  header = {k: first[k] for k in ('model', 'batch', 'image_size', 'dtype', 'conv_impl',
+                                   'backend', 'devices', 'jax')}
+  return {
+    **header, 'repeats': args.repeat,
+    'xla_variants': {name: {'xla_flags': flags, 'devices': runs[name][0]['devices'],
+                            **medians[name],
+                            'rounds_images_per_sec': [r['images_per_sec'] for r in runs[name]]}
+                     for name, flags in variants},
+    'speedup_vs_' + base: {name: m['images_per_sec'] / medians[base]['images_per_sec']
+                           for name, m in medians.items()},
+  }
+
+
 def run(args) -> dict:
   """The `train` subcommand: one configuration, or several compared as ratios."""
+  if args.xla_variant:
+    return run_xla_variants(args)
   compilation_cache.enable(args.compilation_cache)
   peak = matmul_peak_gflops()
   variants = [parse_variant(v) for v in args.variant] or [('', {})]

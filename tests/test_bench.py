@@ -31,3 +31,34 @@ def test_input_reports_per_core_rates(tmp_path):
   assert transform['images_per_sec_per_core'] > 0
   assert len(transform['rounds_images_per_sec_per_core']) == 2
   assert isinstance(out['fast_resize'], bool) and isinstance(out['jpeg_partial_decode'], bool)
+
+
+def test_xla_variants_run_in_their_own_processes_with_their_flags(tmp_path):
+  # Two flag sets, one round each, each a child process started with its flags (a device
+  # count the parent does not have shows they reached the child's backend).
+  out = bench.main(['train', *TINY, '--repeat', '1', '--cpu-devices', '1',
+                    '--xla-variant', 'one=',
+                    '--xla-variant', 'two=--xla_force_host_platform_device_count=2'])
+  one, two = out['xla_variants']['one'], out['xla_variants']['two']
+  assert one['xla_flags'] == '' and len(one['rounds_images_per_sec']) == 1
+  assert len(two['rounds_images_per_sec']) == 1 and two['images_per_sec'] > 0
+  assert one['devices'] == 8 and two['devices'] == 2  # conftest's 8, replaced by the variant's
+  assert out['speedup_vs_one']['one'] == 1.0 and out['speedup_vs_one']['two'] > 0
+
+
+def test_xla_variant_errors_name_the_argument():
+  import pytest
+  with pytest.raises(ValueError, match='NAME=FLAGS'):
+    bench.main(['train', *TINY, '--xla-variant', 'noequals'])
+  with pytest.raises(ValueError, match='cannot be combined'):
+    bench.main(['train', *TINY, '--xla-variant', 'a=', '--variant', 'b:'])
+
+
+def test_torch_reference_reports_images_per_sec():
+  import pytest
+  pytest.importorskip('torchvision')
+  out = bench.main(['torch', '--model', 'resnet18', '--batch', '2', '--image-size', '32',
+                    '--num-classes', '10', '--steps', '1', '--warmup', '1'])
+  assert out['images_per_sec'] > 0 and out['memory_format'] == 'channels_last'
+  with pytest.raises(SystemExit, match='not a torchvision.models name'):
+    bench.main(['torch', '--model', 'no_such_net'])
