@@ -111,7 +111,7 @@ class ResNet(nn.Module):
     self._check()
     conv = functools.partial(
       Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-      param_dtype=self.param_dtype, impl=self.conv_impl, opaque_copies=not self.remat,
+      param_dtype=self.param_dtype, impl=self.conv_impl,
     )
     norm = functools.partial(
       BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
