@@ -14,7 +14,7 @@ from configs import fashion_mnist_wrn16_2
 
 def get_config():
   config = fashion_mnist_wrn16_2.get_config()
-  config.num_epochs = 36.0  # ~100 minutes at ~370 img/s, evaluations included.
+  config.num_epochs = 36.0  # 109 minutes at ~340 img/s, evaluations included (measured).
   config.eval_every_steps = 6 * 469  # Every 6 epochs (and at the end).
   config.data.random_erasing = 0.5  # Zhong et al.'s probability, for the longer schedule.
   return config
