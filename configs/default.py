@@ -58,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.image_size = 32  # Side of the square network input, in pixels.
   config.data.augment = 'cifar'  # Train-time augmentation: imagenet | cifar | none.
   config.data.crop_padding = 4  # augment='cifar': zero padding on each side before the crop.
+  # Progressive resizing, 'SIZE:EPOCH,…': train at SIZE from EPOCH on (e.g. '20:0,24:8,28:14'),
+  # resized on the device; image_size elsewhere and always for eval. '' = off. progressive.py.
+  config.data.resize_schedule = ''
   config.data.random_erasing = 0.0  # Random Erasing probability (Zhong et al.; 0.5 typical).
   config.data.randaugment = ''  # RandAugment as 'N,M' (e.g. '2,9'); '' = off.
   config.data.mixup_alpha = 0.0  # Mixup Beta(alpha, alpha); 0 = off.

@@ -76,6 +76,15 @@ def _check_dataset(name: str) -> None:
                       f'did you mean {", ".join(close)}?' if close else 'check the spelling.')
 
 
+def _check_resize_schedule(text: str) -> None:
+  from resnet_jax import progressive  # Imported late: it imports jax.
+  try:
+    progressive.parse(text)
+  except ValueError as e:
+    raise ConfigError(progressive.FIELD, text, "'SIZE:EPOCH,…' in increasing epochs",
+                      f"{e}; or '' for off.") from None
+
+
 def _check_values(config, num_devices: int | None) -> None:
   from resnet_jax.models import list_models  # Imported late: models is a sibling package.
   models = list(list_models())
@@ -129,6 +138,7 @@ def _check_values(config, num_devices: int | None) -> None:
   if config.cpu_devices < 0:
     raise ConfigError('cpu_devices', config.cpu_devices, 'an integer >= 0',
                       'use 0 for one virtual CPU device per core, 1 for off.')
+  _check_resize_schedule(config.data.resize_schedule)
   if config.checkpoint.keep_best < 0:
     raise ConfigError('checkpoint.keep_best', config.checkpoint.keep_best, 'an integer >= 0',
                       'use 0 for off or e.g. 1 to keep the best checkpoint.')

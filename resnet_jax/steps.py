@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from resnet_jax import metrics, optim, parallel
+from resnet_jax import metrics, optim, parallel, progressive
 from resnet_jax.data import processing
 
 # ---- state ---------------------------------------------------------------------------------
@@ -171,13 +171,28 @@ def normalizing_pixels(step_fn, pixel_norm):
   return with_norm
 
 
+def resizing_images(step_fn, size: int | None):
+  """`step_fn` on images resized to size x size on the device (progressive.py); None = as fed."""
+  if size is None:
+    return step_fn
+
+  def with_resize(*args):
+    *rest, batch = args
+    return step_fn(*rest, {**batch, 'image': progressive.resize_images(batch['image'], size)})
+
+  return with_resize
+
+
 def create_train_step(model, tx, mesh, *, label_smoothing=0.0, grad_accum_steps=1, ema_decay=0.0,
-                      skip_nonfinite=False, pixel_norm=None):
-  """`train_step` jitted over `mesh`: batch sharded on 'data', state and metrics replicated."""
+                      skip_nonfinite=False, pixel_norm=None, train_size=None):
+  """`train_step` jitted over `mesh`: batch sharded on 'data', state and metrics replicated.
+
+  train_size: resize the (normalised) images to train_size x train_size inside the step.
+  """
   step = functools.partial(train_step, model=model, tx=tx, label_smoothing=label_smoothing,
                            grad_accum_steps=grad_accum_steps, ema_decay=ema_decay,
                            skip_nonfinite=skip_nonfinite)
-  step = normalizing_pixels(step, pixel_norm)
+  step = normalizing_pixels(resizing_images(step, train_size), pixel_norm)
   repl, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
   # Donating state and metrics lets XLA update them in place: no second copy of the model.
   return jax.jit(step, in_shardings=(repl, repl, sharded), out_shardings=(repl, repl),

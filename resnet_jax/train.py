@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from resnet_jax import checkpoint, data, metrics, optim, parallel, preemption
+from resnet_jax import checkpoint, data, metrics, optim, parallel, preemption, progressive
 from resnet_jax.data import pipeline
 from resnet_jax.evaluation import create_eval_step, eval_variable_sets, evaluate
 from resnet_jax.steps import create_train_state, create_train_step, zero_train_metrics
@@ -111,10 +111,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # data.host_normalize=False: uint8 batches, normalised on the device inside the steps.
   pixel_norm = (None if config.data.get('host_normalize', True)
                 else pipeline.mean_std(config.data))
-  train_fn = create_train_step(
-      model, tx, mesh, label_smoothing=config.optim.label_smoothing,
-      grad_accum_steps=config.optim.grad_accum_steps, ema_decay=config.optim.ema_decay,
-      skip_nonfinite=skip_nonfinite, pixel_norm=pixel_norm)
+  # One jitted step per train size of data.resize_schedule, each compiled when first used.
+  size_boundaries = progressive.step_boundaries(
+      progressive.parse(config.data.resize_schedule), config.data.image_size, steps_per_epoch)
+  train_fns = {}
+
+  def train_fn_at(step_index: int):
+    size = progressive.size_at(size_boundaries, step_index)
+    if size not in train_fns:
+      train_fns[size] = create_train_step(
+          model, tx, mesh, label_smoothing=config.optim.label_smoothing,
+          grad_accum_steps=config.optim.grad_accum_steps, ema_decay=config.optim.ema_decay,
+          skip_nonfinite=skip_nonfinite, pixel_norm=pixel_norm,
+          train_size=None if size == config.data.image_size else size)
+    return size, train_fns[size]
+
   eval_fn = create_eval_step(model, mesh, pixel_norm, flip=config.eval_flip)
 
   # ---- loop --------------------------------------------------------------------------------
@@ -141,8 +152,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   step, preempted = start_step, False
   with preemption.PreemptionHandler() as signals, _finish_saves_on_error(manager):
+    train_size = None
     for step in range(start_step + 1, total_steps + 1):
       batch = parallel.global_batch(mesh, next(train_iter))
+      size, train_fn = train_fn_at(step - 1)
+      if size != train_size and len(size_boundaries[0]) > 1:
+        bar.write(f'step {step}: training at {size}x{size} (data.resize_schedule)')
+      train_size = size
       state, train_metrics = train_fn(state, train_metrics, batch)
       bar.update(1)
       preempted = signals.requested  # A host bool: checking it every step costs nothing.
@@ -161,7 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                   'lr': float(schedule(step - 1)),
                   'images_per_sec': (step - last_log_step) * config.batch_size
                                     / max(now - last_log_time, 1e-9),
-                  'epoch': step / steps_per_epoch}
+                  'epoch': step / steps_per_epoch, 'train/image_size': train_size}
         if skip_nonfinite:
           values['train/skipped_steps'] = float(fetched['skipped'])
           _check_skips(fetched, config.nonfinite_max_skips, last_log_step + 1, step)
