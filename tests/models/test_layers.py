@@ -212,6 +212,30 @@ def test_remat_lowers_the_compiled_peak_memory():
   assert temp_bytes(True) < 0.8 * temp_bytes(False)
 
 
+def test_remat_stores_a_projection_blocks_output_as_one_array(monkeypatch):
+  # A block with a projection shortcut ends in relu(bn(conv3) + bn(projection)). Unless its
+  # output is materialised, XLA:CPU fuses that into the consumers and keeps both wide operands
+  # from the forward pass to the block's backward (ResNet-50 b16: ~50 MB of its 840 MB peak).
+  from resnet_jax.models import remat
+  x = jnp.zeros((8, 32, 32, 3))
+  fields = dict(block='bottleneck', stage_sizes=(2, 2), stage_widths=(16, 32), stem_width=16,
+                stem='cifar', remat=True)
+  model = create_model('resnet_tiny', **fields)
+  v = jax.eval_shape(model.init, jax.random.key(0), x)
+
+  def temp_bytes():
+    def loss(p, batch_stats):
+      out, _ = model.apply({'params': p, 'batch_stats': batch_stats}, x, train=True,
+                           mutable=['batch_stats'])
+      return jnp.sum(out**2)
+    compiled = jax.jit(jax.grad(loss)).lower(v['params'], v['batch_stats']).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  materialised = temp_bytes()
+  monkeypatch.setattr(remat, '_materialised', lambda y, tie: y)
+  assert materialised < 0.95 * temp_bytes()
+
+
 def _all_reduced_elements(hlo_text: str) -> int:
   """Elements all-reduced by a compiled program, however XLA combined them into ops."""
   total = 0
