@@ -110,8 +110,16 @@ def _opaque(fn, enabled: bool, tie: jax.Array, *args):
   """
   if not enabled:
     return fn(*args)
-  pred = jnp.isfinite(jax.lax.stop_gradient(tie).reshape(-1)[0])
-  return jax.lax.cond(pred, fn, fn, *args)
+  return jax.lax.cond(finite_first_element(tie), fn, fn, *args)
+
+
+def finite_first_element(tie: jax.Array) -> jax.Array:
+  """A data-dependent predicate that XLA cannot fold, read from a replicated parameter.
+
+  Conditionals used as fusion boundaries (here and models/remat.py) need a predicate; read
+  from a parameter, replicated on every device, it costs no communication.
+  """
+  return jnp.isfinite(jax.lax.stop_gradient(tie).reshape(-1)[0])
 
 
 def _channels_major(x: jax.Array) -> jax.Array:
