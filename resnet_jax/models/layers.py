@@ -116,10 +116,27 @@ def _opaque(fn, enabled: bool, tie: jax.Array, *args):
 def finite_first_element(tie: jax.Array) -> jax.Array:
   """A data-dependent predicate that XLA cannot fold, read from a replicated parameter.
 
-  Conditionals used as fusion boundaries (here and models/remat.py) need a predicate; read
+  Conditionals used as fusion boundaries (_opaque, stored) need a predicate; read
   from a parameter, replicated on every device, it costs no communication.
   """
   return jnp.isfinite(jax.lax.stop_gradient(tie).reshape(-1)[0])
+
+
+def stored(y: jax.Array, tie: jax.Array) -> jax.Array:
+  """`y` returned from behind a conditional: a fusion boundary, so it is stored as one array.
+
+  XLA:CPU fuses a residual block's last elementwise ops (BatchNorm, the residual addition,
+  ReLU) into every consumer of the block's output, the next block's own addition among them,
+  and recomputes them there; repeated block after block, one fusion recomputes a stage's whole
+  chain of additions (28 operands at ResNet-152's layer3_35, ~20 ms where a stored output
+  takes ~1 ms). The predicate reads `tie`, a parameter (finite_first_element: no
+  communication). The taken branch returns `y` itself; the other, taken only when that
+  parameter is not finite (and with it the output), returns NaNs. Two identical branches would
+  not do: JAX passes an output that every branch forwards around the conditional, and the
+  boundary with it.
+  """
+  return jax.lax.cond(finite_first_element(tie), lambda a: a,
+                      lambda a: a * jnp.asarray(jnp.nan, a.dtype), y)
 
 
 def _channels_major(x: jax.Array) -> jax.Array:

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.models.layers import finite_first_element
+from resnet_jax.models.layers import stored
 
 
 def _call(block: nn.Module, x):
@@ -27,29 +27,17 @@ def _call(block: nn.Module, x):
 _checkpointed = nn.checkpoint(_call)
 
 
-def _materialised(y, tie):
-  """`y` from behind a conditional: a fusion boundary, so the output is stored as one array.
-
-  Without it XLA:CPU fuses a block's last elementwise ops (BatchNorm, the residual addition,
-  ReLU) into every consumer and keeps their operands instead: for a block with a projection
-  shortcut that is two wide tensors (the last convolution's output and the projection's), kept
-  from the forward pass to the block's backward. ResNet-50 b16, one device: ~96 MB held so,
-  and the remat step's peak 787 MB with it, 840 MB without (bench train). The predicate reads `tie`,
-  a parameter (layers.finite_first_element: no communication). The taken branch returns `y`
-  itself; the other, taken only when that parameter is not finite (and with it the block's
-  output), returns NaNs. Two identical branches would not do: JAX passes an output that every
-  branch forwards around the conditional, and the boundary with it.
-  """
-  return jax.lax.cond(finite_first_element(tie), lambda a: a,
-                      lambda a: a * jnp.asarray(jnp.nan, a.dtype), y)
-
-
 def _forward(block: nn.Module, x):
   # The vjp of a checkpointed call keeps only the call's inputs (parameters, x) as residuals.
   y, vjp_fn = nn.vjp(_checkpointed, block, x)
   params = jax.tree.leaves(block.variables.get('params', {}))
   if params and isinstance(y, jax.Array) and y.shape != x.shape:
-    y = _materialised(y, params[0])
+    # A block with a projection shortcut ends in relu(bn(conv3) + bn(projection)); unless its
+    # output is stored, XLA:CPU keeps both wide operands from the forward pass to the block's
+    # backward instead (ResNet-50 b16, one device: ~96 MB, the remat step's peak 840 -> 787
+    # MB). Only these blocks: storing every block's output raised that peak to 0.92 GB (XLA
+    # packed its buffers worse although fewer bytes were live).
+    y = stored(y, params[0])
   return y, vjp_fn
 
 

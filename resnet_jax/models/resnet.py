@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from resnet_jax.models.batch_norm import BatchNorm
 from resnet_jax.models.blocks import BLOCKS, SHORTCUTS, _pad
-from resnet_jax.models.layers import CONV_IMPLS, Conv, max_pool_3x3_s2
+from resnet_jax.models.layers import CONV_IMPLS, Conv, max_pool_3x3_s2, resolve_conv_impl, stored
 from resnet_jax.models.remat import remat_call, remat_function
 from resnet_jax.models.resnest import ResNeStBottleneck
 
@@ -55,6 +56,10 @@ def _scan_blocks(block: nn.Module, x: jnp.ndarray, length: int) -> jnp.ndarray:
   return body(block, x, None)[0]
 
 
+# Residual chains longer than this store some block outputs (ResNet._stored_blocks).
+LONG_CHAIN = 8
+
+
 class ResNet(nn.Module):
   """A residual network assembled from stage sizes, widths and a block type."""
 
@@ -81,6 +86,9 @@ class ResNet(nn.Module):
   conv_impl: str = 'auto'  # How convolutions lower: auto | xla | matmul | cpu (see layers.py).
   scan_blocks: bool = False  # nn.scan over each stage's repeated blocks: compile time ~ depth^0.
   remat: bool = False  # Rematerialise each block in the backward pass (less activation memory).
+  # Store every k-th block output of a long residual chain as one array (see _stored_blocks);
+  # 0 = never; None = 2 where conv_impl resolves to 'cpu', else 0. Remat stores its own.
+  store_every: int | None = None
 
   def _check(self) -> None:
     if self.block not in _BLOCKS:
@@ -129,8 +137,14 @@ class ResNet(nn.Module):
     # models/remat.py); a scanned stage recomputes inside its backward loop anyway.
     scanned_cls = nn.remat(block_cls) if self.remat else block_cls
 
+    to_store = self._stored_blocks()
+
     def apply(block: nn.Module, x):
-      return remat_call(block, x) if self.remat else block(x)
+      if self.remat:
+        return remat_call(block, x)
+      y = block(x)
+      params = jax.tree.leaves(block.variables.get('params', {}))
+      return stored(y, params[0]) if block.name in to_store and params else y
 
     for i, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_widths)):
       block_fields = dict(
@@ -160,6 +174,31 @@ class ResNet(nn.Module):
     if return_stages:
       return {**stages, 'output': out}
     return out
+
+  def _stored_blocks(self) -> set[str]:
+    """Names of the blocks whose outputs are stored behind a fusion boundary (layers.stored).
+
+    Blocks joined by parameter-free shortcuts form a chain of residual additions, which XLA:CPU
+    fuses into the consumers of every block's output and recomputes there, so the work grows
+    with the square of the chain's length. A stored output cuts the chain. Measured on 2 cores
+    (`bench train --variant`, bench/results/stored_outputs_*.json, medians of 2 interleaved
+    rounds): ResNet-152 b8 (layer3: 36 blocks) 1.19x with every second output stored, +7% peak
+    memory (every output 1.18x, +16%; every fourth 1.18x, +1.5%); CIFAR ResNet-20 b128@28 (one
+    9-block chain through its 'pad' shortcuts) 1.08x, +2% (every output 1.07x, every fourth
+    1.02x). Chains of at most 6 blocks gained nothing (ResNet-50 0.97-0.99x at +10-22% memory,
+    WRN-16-2 0.99x), hence only chains longer than LONG_CHAIN. A projection shortcut starts a
+    new chain; plain nets have none.
+    """
+    every = self.store_every
+    if every is None:
+      every = 2 if resolve_conv_impl(self.conv_impl) == 'cpu' else 0
+    if not every or self.shortcut == 'none':
+      return set()
+    names = [[f'layer{i + 1}_{j}' for j in range(n)] for i, n in enumerate(self.stage_sizes)]
+    # 'pad' shortcuts have no parameters: the whole network is one chain.
+    chains = [sum(names, [])] if self.shortcut == 'pad' else names
+    return {name for chain in chains if len(chain) > LONG_CHAIN
+            for position, name in enumerate(chain, 1) if position % every == 0}
 
   def _stem(self, x, conv, norm):
     if self.stem == 'cifar':

@@ -1,5 +1,6 @@
 """Every lowering computes the same function, with the same parameters, as the plain path."""
 
+import functools
 import re
 
 import flax.linen as nn
@@ -224,8 +225,51 @@ def test_remat_stores_a_projection_blocks_output_as_one_array(monkeypatch):
                 stem='cifar', remat=True)
   model = create_model('resnet_tiny', **fields)
   materialised = _gradient_temp_bytes(model, x)
-  monkeypatch.setattr(remat, '_materialised', lambda y, tie: y)
+  monkeypatch.setattr(remat, 'stored', lambda y, tie: y)
   assert materialised < 0.95 * _gradient_temp_bytes(model, x)
+
+
+def _widest_fusion(hlo_text: str) -> int:
+  """The most operands any fusion of a compiled program reads."""
+  widths = [len(re.findall(r'%[\w.\-]+', line.split(' fusion(', 1)[1].split('), kind=', 1)[0]))
+            for line in hlo_text.splitlines() if ' fusion(' in line and '), kind=' in line]
+  return max(widths)
+
+
+def test_stored_block_outputs_keep_values_and_end_chained_fusions():
+  # A stage of identical blocks: unless outputs are stored, XLA:CPU fuses the chain of
+  # residual additions into every consumer, so the widest fusion grows with the depth.
+  x = jax.random.normal(jax.random.key(1), (4, 12, 12, 3))
+  fields = dict(stage_sizes=(10,), stage_widths=(8,), stem='cifar', stem_width=8,
+                conv_impl='cpu', zero_init_residual=False)
+  models = {k: create_model('resnet_tiny', store_every=k, **fields) for k in (0, 1, 4)}
+  v = models[0].init(jax.random.key(0), x)
+
+  def loss(model, params):
+    out, upd = model.apply({**v, 'params': params}, x, train=True, mutable=['batch_stats'])
+    return jnp.sum(out**2), upd
+
+  grads = {k: jax.grad(functools.partial(loss, m), has_aux=True)(v['params'])
+           for k, m in models.items()}
+  for k in (1, 4):
+    assert max(jax.tree.leaves(jax.tree.map(_rel_err, grads[k][0], grads[0][0]))) <= 1e-6
+    jax.tree.map(np.testing.assert_array_equal, grads[k][1], grads[0][1])
+  widest = {k: _widest_fusion(jax.jit(jax.grad(functools.partial(loss, m), has_aux=True))
+                              .lower(v['params']).compile().as_text())
+            for k, m in models.items()}
+  assert widest[1] < widest[4] < widest[0], widest
+
+
+def test_outputs_are_stored_only_in_long_residual_chains():
+  def stored_blocks(name, **fields):
+    return create_model(name, conv_impl='cpu', **fields)._stored_blocks()
+  assert stored_blocks('resnet50') == set()  # Chains of 3, 4, 6, 3 blocks.
+  assert stored_blocks('resnet152') == {f'layer3_{j}' for j in range(1, 36, 2)}
+  assert stored_blocks('cifar_resnet20') == {  # 'pad' shortcuts: one chain of 9 blocks.
+    'layer1_1', 'layer2_0', 'layer2_2', 'layer3_1'}
+  assert stored_blocks('resnet152', store_every=0) == set()
+  assert stored_blocks('cifar_plain56') == set()  # No shortcuts, no chain.
+  assert create_model('resnet152', conv_impl='xla')._stored_blocks() == set()
 
 
 def _all_reduced_elements(hlo_text: str) -> int:
