@@ -101,6 +101,8 @@ class ResNet(nn.Module):
       raise ValueError(f'shortcut={self.shortcut!r}: expected one of {SHORTCUTS}.')
     if self.conv_impl not in CONV_IMPLS:
       raise ValueError(f'conv_impl={self.conv_impl!r}: expected one of {CONV_IMPLS}.')
+    if self.store_every is not None and self.store_every < 0:
+      raise ValueError(f'store_every={self.store_every}: expected None (auto), 0 (never) or k > 0.')
     if self.pooling not in POOLINGS:
       raise ValueError(f'pooling={self.pooling!r}: expected one of {POOLINGS}.')
     if len(self.stage_sizes) != len(self.stage_widths):

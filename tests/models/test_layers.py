@@ -270,6 +270,8 @@ def test_outputs_are_stored_only_in_long_residual_chains():
   assert stored_blocks('resnet152', store_every=0) == set()
   assert stored_blocks('cifar_plain56') == set()  # No shortcuts, no chain.
   assert create_model('resnet152', conv_impl='xla')._stored_blocks() == set()
+  with pytest.raises(ValueError, match='store_every=-2'):
+    create_model('resnet_tiny', store_every=-2).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
 
 
 def _all_reduced_elements(hlo_text: str) -> int:
