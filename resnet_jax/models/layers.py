@@ -79,12 +79,30 @@ def _conv_bwd(padding, precision, opaque_copies, residuals, grad):
   # Kernel gradient: a convolution of the input, channels as the batch ([Cin, H, W, N]), with
   # the output gradient as the kernel ([Ho, Wo, N, Cout]); the output [Cin, kh, kw, Cout] holds
   # the kernel gradient, which a transpose puts back in HWIO.
-  x_t, grad_t = _opaque(_kernel_grad_operands, opaque_copies, kernel, x, grad)
+  x_t, grad_t = _opaque(_kernel_grad_operands, opaque_copies, kernel, _after(x, grad_x), grad)
   grad_k = _conv(x_t, grad_t, padding, precision)
   return grad_x, jnp.transpose(grad_k, (1, 2, 0, 3)).astype(kernel.dtype)
 
 
 conv_canonical_grads.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _after(x: jax.Array, grad_x: jax.Array) -> jax.Array:
+  """`x` + 0 * (one element of the input gradient per example): the kernel gradient waits for it.
+
+  The train step donates the parameters, so each kernel is updated in place, and XLA copies
+  every parameter it cannot prove is read for the last time before its update. The input
+  gradient reads the kernel but was no ancestor of the kernel's gradient, so XLA:CPU copied
+  every kernel at the start of a one-device step (ResNet-50: 102 MB of copies, 21 MB now).
+  Peak memory (`bench train`, README): ResNet-50 b16 -6.6% on one device, -5.3% on two; WRN-16-2
+  b128@28 -28% on two; speed unchanged within noise. Taken per example, g[:, 0, ..., 0],
+  so on a batch-sharded mesh each device reads only its own examples (a scalar of a sharded
+  array would be an all-reduce). Non-finite elements count as 0, so the zero is exact and the
+  kernel gradient has autodiff's values, NaNs included (tested); XLA cannot fold it away.
+  """
+  g = jax.lax.stop_gradient(grad_x)[(slice(None),) + (0,) * (grad_x.ndim - 1)]
+  zero = 0.0 * jnp.where(jnp.isfinite(g), g, 0.0)
+  return x + zero.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
 
 
 def _matmul(x, kernel, precision):
@@ -160,7 +178,7 @@ def _pointwise_fwd(x, kernel, precision, opaque_copies):
 def _pointwise_bwd(precision, opaque_copies, residuals, grad):
   x, kernel = residuals
   grad_x = _matmul(grad, kernel.T, precision)
-  x_t = _opaque(_channels_major, opaque_copies, kernel, x)
+  x_t = _opaque(_channels_major, opaque_copies, kernel, _after(x, grad_x))
   grad_k = jax.lax.dot_general(x_t, grad.reshape(-1, grad.shape[-1]), (((1,), (0,)), ((), ())),
                                precision=precision)
   return grad_x, grad_k.astype(kernel.dtype)
