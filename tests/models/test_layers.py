@@ -6,7 +6,6 @@ import re
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -17,6 +16,7 @@ from resnet_jax.models.layers import (
   pointwise_matmul,
   resolve_conv_impl,
 )
+from tests.compiled_step import compiled_train_step
 
 
 def _rel_err(a, b):
@@ -286,28 +286,12 @@ def _all_reduced_elements(hlo_text: str) -> int:
   return total
 
 
-def _compiled_train_step(num_devices: int, **fields):
-  """The trainer's compiled step for a small resnet_tiny on the first `num_devices` devices."""
-  from resnet_jax import optim, parallel, steps
-  mesh = parallel.create_mesh(jax.devices()[:num_devices])
-  tx = optim.create_optimizer(ml_collections.ConfigDict(dict(
-    momentum=0.9, nesterov=True, weight_decay=1e-4, weight_decay_mode='coupled',
-    weight_decay_exclude=('bias', 'scale'))), lambda s: 0.1)
-  batch = parallel.global_batch(mesh, {'image': np.zeros((4, 32, 32, 3), np.float32),
-                                       'label': np.zeros(4, np.int32)})
-  model = create_model('resnet_tiny', **fields)
-  state = steps.create_train_state(model, tx, jax.random.key(0), (32, 32, 3), mesh)
-  metrics = jax.device_put(steps.zero_train_metrics(), parallel.replicated(mesh))
-  step = steps.create_train_step(model, tx, mesh)
-  return step.lower(state, metrics, batch).compile(), state
-
-
 def test_cpu_lowering_and_remat_add_no_communication_on_a_mesh():
   # The conditional's predicate and remat's untying read per-device values: reading a scalar
   # of a batch-sharded array took an all-reduce per convolution (or block), which XLA merged
   # with later gradient all-reduces, delaying the work with its operands live (+31% memory).
   def all_reduced(**fields):
-    compiled, state = _compiled_train_step(2, stem='imagenet', **fields)
+    compiled, state = compiled_train_step(2, stem='imagenet', **fields)
     return _all_reduced_elements(compiled.as_text()), state.batch_stats
 
   plain, batch_stats = all_reduced(conv_impl='xla')
@@ -332,9 +316,9 @@ def test_kernels_update_in_place_once_their_input_gradient_has_read_them(monkeyp
   # update, was copied at the start of every one-device step (ResNet-50: 102 MB).
   from resnet_jax.models import layers
   fields = dict(stage_sizes=(2, 2), stem='cifar', conv_impl='cpu')
-  tied = _copied_kernels(_compiled_train_step(1, **fields)[0].as_text())
+  tied = _copied_kernels(compiled_train_step(1, **fields)[0].as_text())
   monkeypatch.setattr(layers, '_after', lambda x, grad_x: x)
-  untied = _copied_kernels(_compiled_train_step(1, **fields)[0].as_text())
+  untied = _copied_kernels(compiled_train_step(1, **fields)[0].as_text())
   # Eight of the nine kernels go through the cpu lowering's VJPs (stem, six stride-1 3x3s, the
   # 1x1 projection); the strided 3x3 keeps XLA's own gradient, and its copy.
   assert tied <= 1 and untied >= 8, (tied, untied)
