@@ -77,19 +77,30 @@ def _backward(vjp_fn, grad):
 remat_call = nn.custom_vjp(_call, forward_fn=_forward, backward_fn=_backward)
 
 
-def remat_function(fn):
-  """The same rematerialisation for a parameter-free function of one array (a pooling)."""
+def remat_pure(fn):
+  """The same rematerialisation for a pure function `fn(consts, x) -> (y, aux)` of arrays.
+
+  Only `consts` (e.g. parameters) and `x` are kept; the backward pass recomputes `fn` from `x`
+  untied by y's gradient. `aux` (e.g. new BatchNorm statistics) is an output that no loss reads.
+  """
 
   @jax.custom_vjp
-  def call(x):
-    return fn(x)
+  def call(consts, x):
+    return fn(consts, x)
 
-  def forward(x):
-    return fn(x), x
+  def forward(consts, x):
+    return fn(consts, x), (consts, x)
 
-  def backward(x, grad):
-    (x,) = _untied_from_forward([x], grad)
-    return jax.vjp(fn, x)[1](grad)
+  def backward(residuals, grads):
+    consts, x = residuals
+    (x,) = _untied_from_forward([x], grads[0])
+    return jax.vjp(fn, consts, x)[1](grads)
 
   call.defvjp(forward, backward)
   return call
+
+
+def remat_function(fn):
+  """The same rematerialisation for a parameter-free function of one array (a pooling)."""
+  pure = remat_pure(lambda consts, x: (fn(x), ()))
+  return lambda x: pure((), x)[0]
