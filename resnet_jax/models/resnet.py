@@ -85,7 +85,7 @@ class ResNet(nn.Module):
   param_dtype: Any = jnp.float32  # Parameter dtype.
   conv_impl: str = 'auto'  # How convolutions lower: auto | xla | matmul | cpu (see layers.py).
   scan_blocks: bool = False  # nn.scan over each stage's repeated blocks: compile time ~ depth^0.
-  remat: bool = False  # Rematerialise each block in the backward pass (less activation memory).
+  remat: bool = False  # Recompute each block (and the stem: _remat_stem) in the backward pass.
   # Store every k-th block output of a long residual chain as one array (see _stored_blocks);
   # 0 = never; None = 2 where conv_impl resolves to 'cpu', else 0. Remat stores its own.
   store_every: int | None = None
