@@ -221,19 +221,20 @@ def test_remat_lowers_the_compiled_peak_memory():
 
 
 def test_remat_of_a_bottleneck_net_recomputes_its_stem_for_less_memory(monkeypatch):
-  # The trainer's one-device step for ResNet-50 at 64 px (ResNet-50 b16 at 224 px: 0.688 ->
-  # 0.635 GB); planned memory of the compiled program, no timing.
+  # The trainer's one-device step for a narrow one-block-per-stage ResNet-50 at 64 px (12.3 vs
+  # 14.4 MB; ResNet-50 b16 at 224 px: 0.688 -> 0.635 GB); planned memory, no timing.
   from resnet_jax.models import resnet
 
   def temp_bytes():
     compiled, _ = compiled_train_step(1, 'resnet50', batch=8, size=64, num_classes=10,
-                                      remat=True)
+                                      stage_sizes=(1, 1, 1, 1),
+                                      stage_widths=(32, 64, 128, 256), remat=True)
     return compiled.memory_analysis().temp_size_in_bytes
 
   whole_stem = temp_bytes()
   monkeypatch.setattr(resnet.ResNet, '_remat_stem', lambda self, train: False)
   pool_only = temp_bytes()
-  assert whole_stem < 0.98 * pool_only, (whole_stem, pool_only)
+  assert whole_stem < 0.95 * pool_only, (whole_stem, pool_only)
 
 
 def test_remat_stores_a_projection_blocks_output_as_one_array(monkeypatch):
