@@ -20,6 +20,7 @@ import optax
 
 from resnet_jax import metrics, optim, parallel, progressive
 from resnet_jax.data import processing
+from resnet_jax.models.layers import exact_zero
 
 # ---- state ---------------------------------------------------------------------------------
 
@@ -129,8 +130,7 @@ def norm_after_update(grads, new_params) -> jax.Array:
     total = jnp.sum(jnp.square(grad.astype(jnp.float32)))
     if not param.size:
       return total
-    first = param.ravel()[0]
-    return total + 0.0 * jnp.where(jnp.isfinite(first), first, 0).astype(jnp.float32)
+    return total + exact_zero(param.ravel()[0]).astype(jnp.float32)
 
   return jnp.sqrt(sum(jax.tree.leaves(jax.tree.map(squared, grads, new_params))))
 

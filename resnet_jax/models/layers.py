@@ -87,6 +87,12 @@ def _conv_bwd(padding, precision, opaque_copies, residuals, grad):
 conv_canonical_grads.defvjp(_conv_fwd, _conv_bwd)
 
 
+def exact_zero(v: jax.Array) -> jax.Array:
+  """0 with `v`'s shape that reads `v`: an ordering tie XLA cannot fold away. Non-finite
+  elements count as 0, so adding it changes no value, NaN or inf."""
+  return 0.0 * jnp.where(jnp.isfinite(v), v, 0.0)
+
+
 def _after(x: jax.Array, grad_x: jax.Array) -> jax.Array:
   """`x` + 0 * (one element of the input gradient per example): the kernel gradient waits for it.
 
@@ -101,7 +107,7 @@ def _after(x: jax.Array, grad_x: jax.Array) -> jax.Array:
   kernel gradient has autodiff's values, NaNs included (tested); XLA cannot fold it away.
   """
   g = jax.lax.stop_gradient(grad_x)[(slice(None),) + (0,) * (grad_x.ndim - 1)]
-  zero = 0.0 * jnp.where(jnp.isfinite(g), g, 0.0)
+  zero = exact_zero(g)
   return x + zero.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
 
 
