@@ -12,15 +12,22 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and m
 flags.mark_flags_as_required(['workdir'])
 
 
+def _process_count(config) -> int:
+  """Processes in the job: the config's or launcher's count, 1 if not distributed, 0 if unknown
+  until a cluster says so at initialisation."""
+  if config.distributed_num_processes > 0:
+    return config.distributed_num_processes
+  if not config.distributed:
+    return 1
+  import os
+  return int(os.environ.get('JAX_NUM_PROCESSES', '0'))
+
+
 def _cpu_devices(config) -> int:
   """config.cpu_devices, with 0 (auto) resolved against this process's share of the batch."""
   if config.cpu_devices > 0:
     return config.cpu_devices
-  import os
-  processes = config.distributed_num_processes
-  if processes <= 0:
-    processes = int(os.environ.get('JAX_NUM_PROCESSES', '1')) if config.distributed else 1
-  per_device_multiple = max(1, processes) * config.optim.grad_accum_steps
+  per_device_multiple = max(1, _process_count(config)) * config.optim.grad_accum_steps
   if config.batch_size <= 0 or config.batch_size % per_device_multiple:
     return 1  # The validator reports the batch size with a fix; do not add a second problem.
   from resnet_jax import xla_flags
@@ -34,7 +41,7 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO, breaking the bar.
   from resnet_jax import xla_flags
   # Before the first device query starts the XLA backend.
-  xla_flags.apply_defaults(cpu_devices=_cpu_devices(config))
+  xla_flags.apply_defaults(cpu_devices=_cpu_devices(config), processes=_process_count(config))
   # jax.distributed must start before anything asks jax about devices.
   from resnet_jax import parallel
   parallel.initialize_distributed(

@@ -1,5 +1,7 @@
 """XLA flag defaults are added, never override the user's."""
 
+import os
+
 from resnet_jax import xla_flags
 
 
@@ -58,6 +60,16 @@ def test_cpu_devices_added_unless_the_user_set_a_count():
   assert flags.count('device_count') == 1 and 'device_count=8' in flags
 
 
+def test_all_reduce_combiner_off_only_for_virtual_devices_of_one_process():
+  combiner_off = '--xla_disable_hlo_passes=cpu-all-reduce-combiner'
+  assert combiner_off in xla_flags.apply_defaults({}, cpu_devices=2)
+  assert combiner_off not in xla_flags.apply_defaults({}, cpu_devices=1)
+  assert combiner_off not in xla_flags.apply_defaults({}, cpu_devices=2, processes=2)
+  assert combiner_off not in xla_flags.apply_defaults({}, cpu_devices=2, processes=0)
+  env = {'XLA_FLAGS': '--xla_disable_hlo_passes=foo'}  # The user's list wins whole.
+  assert xla_flags.apply_defaults(env, cpu_devices=2).count('disable_hlo_passes') == 1
+
+
 def test_auto_cpu_devices_divides_the_batch_and_caps_at_the_cores():
   assert xla_flags.auto_cpu_devices(128, cores=2) == 2
   assert xla_flags.auto_cpu_devices(128, cores=64) == xla_flags.MAX_AUTO_CPU_DEVICES
@@ -79,3 +91,8 @@ def test_main_resolves_auto_against_processes_and_accumulation():
   assert main._cpu_devices(config) == xla_flags.auto_cpu_devices(16)
   config.batch_size = 97  # invalid: left to the validator, which names the field
   assert main._cpu_devices(config) == 1
+  assert main._process_count(config) == 2
+  config.distributed_num_processes = 0
+  assert main._process_count(config) == 1  # not distributed
+  config.distributed = True
+  assert main._process_count(config) in (0, int(os.environ.get('JAX_NUM_PROCESSES', '0')))
