@@ -1,7 +1,5 @@
 """XLA flag defaults are added, never override the user's."""
 
-import os
-
 from resnet_jax import xla_flags
 
 
@@ -78,7 +76,7 @@ def test_auto_cpu_devices_divides_the_batch_and_caps_at_the_cores():
   assert xla_flags.auto_cpu_devices(1) == 1
 
 
-def test_main_resolves_auto_against_processes_and_accumulation():
+def test_main_resolves_auto_against_processes_and_accumulation(monkeypatch):
   from configs import default
   from resnet_jax import main
   config = default.get_config()
@@ -95,4 +93,7 @@ def test_main_resolves_auto_against_processes_and_accumulation():
   config.distributed_num_processes = 0
   assert main._process_count(config) == 1  # not distributed
   config.distributed = True
-  assert main._process_count(config) in (0, int(os.environ.get('JAX_NUM_PROCESSES', '0')))
+  monkeypatch.delenv('JAX_NUM_PROCESSES', raising=False)
+  assert main._process_count(config) == 0  # a cluster says at initialisation: unknown here
+  monkeypatch.setenv('JAX_NUM_PROCESSES', '4')  # a launcher's count
+  assert main._process_count(config) == 4
