@@ -30,7 +30,8 @@ from resnet_jax.models import create_model
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-def add_arguments(parser) -> None:
+def add_step_arguments(parser) -> None:
+  """What defines the timed step: model, batch, image size, dtype, devices, step counts."""
   parser.add_argument('--model', default='resnet50', help='a name from list_models()')
   parser.add_argument('--batch', type=int, default=16, help='global batch size')
   parser.add_argument('--image-size', type=int, default=224)
@@ -40,14 +41,18 @@ def add_arguments(parser) -> None:
   parser.add_argument('--conv-impl', default='auto', help='auto | xla | matmul | cpu')
   parser.add_argument('--steps', type=int, default=5, help='timed steps (median reported)')
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compiling')
+  parser.add_argument('--cpu-devices', type=int, default=0,
+                      help='virtual CPU devices (0 = auto, as training: one per core dividing '
+                           'the batch; 1 = off); ignored when XLA_FLAGS sets the device count')
+
+
+def add_arguments(parser) -> None:
+  add_step_arguments(parser)
   parser.add_argument('--repeat', type=int, default=1,
                       help='whole measurements (fresh compile each); medians of all reported')
   parser.add_argument('--compilation-cache', default='',
                       help='persistent compilation cache directory (run twice: the second '
                            'compile_s is a warm start); default off, so compile_s is cold')
-  parser.add_argument('--cpu-devices', type=int, default=0,
-                      help='virtual CPU devices (0 = auto, as training: one per core dividing '
-                           'the batch; 1 = off); ignored when XLA_FLAGS sets the device count')
   parser.add_argument('--variant', action='append', default=[], metavar='NAME:FIELD=V,…',
                       help='compare model variants in one run, interleaved, e.g. '
                            '--variant xla:conv_impl=xla --variant mm:conv_impl=matmul')
@@ -139,8 +144,12 @@ def _time_steps(run, n: int) -> list[float]:
   return times
 
 
-def measure_train(args, **model_fields) -> dict:
-  """One fresh compile and timing of the train step."""
+def compile_train(args, **model_fields):
+  """The trainer's step for `args` compiled on all devices, with a closure that runs it.
+
+  Returns (compiled, run, mesh, timings): run() takes one step on a fixed random batch,
+  carrying the state, and returns the metrics; timings has 'init_s' and 'compile_s'.
+  """
   mesh = parallel.create_mesh()
   model = _model(args, **model_fields)
   tx = optim.create_optimizer(_optim_config(), lambda step: 0.1)
@@ -161,11 +170,17 @@ def measure_train(args, **model_fields) -> dict:
     holder['state'], holder['metrics'] = compiled(holder['state'], holder['metrics'], batch)
     return holder['metrics']
 
+  return compiled, run, mesh, {'init_s': init_s, 'compile_s': compile_s}
+
+
+def measure_train(args, **model_fields) -> dict:
+  """One fresh compile and timing of the train step."""
+  compiled, run, mesh, timings = compile_train(args, **model_fields)
   _time_steps(run, args.warmup)
   step_s = statistics.median(_time_steps(run, args.steps))
   flops = _flops(compiled, mesh.size)
   return {
-    'compile_s': compile_s, 'init_s': init_s, 'step_s': step_s,
+    **timings, 'step_s': step_s,
     'images_per_sec': args.batch / step_s, 'gflops_per_sec': flops / step_s / 1e9,
     'step_gflops': flops / 1e9, 'peak_memory_bytes': _peak_memory(compiled, mesh.size),
   }
@@ -212,7 +227,7 @@ def _header(args) -> dict:
   return {
     'model': args.model, 'batch': args.batch, 'image_size': args.image_size,
     'dtype': args.dtype, 'conv_impl': args.conv_impl, 'backend': jax.default_backend(),
-    'devices': jax.device_count(), 'jax': jax.__version__, 'repeats': args.repeat,
+    'devices': jax.device_count(), 'jax': jax.__version__, 'repeats': getattr(args, 'repeat', 1),
   }
 
 
