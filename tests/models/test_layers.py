@@ -129,7 +129,23 @@ def test_max_pool_equals_reduce_window_values_and_gradients():
     np.testing.assert_array_equal(max_pool_3x3_s2(x), pool(x))
     g_ref = jax.grad(lambda x: jnp.sum(pool(x) ** 2))(x)
     g = jax.grad(lambda x: jnp.sum(max_pool_3x3_s2(x) ** 2))(x)
-    np.testing.assert_allclose(g, g_ref, rtol=1e-6)
+    np.testing.assert_array_equal(g, g_ref)
+    g_jit = jax.jit(jax.grad(lambda x: jnp.sum(max_pool_3x3_s2(x) ** 2)))(x)
+    np.testing.assert_array_equal(g_jit, g_ref)
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_as_torch_does():
+  # Ties: every window of a constant map ties; torch gives each output's gradient to the first
+  # position of its window (row-major). Plain autodiff would split it between the tied inputs.
+  x = jnp.zeros((1, 4, 5, 1)).at[0, 3, 4, 0].set(jnp.nan)
+  g = jax.grad(lambda x: jnp.sum(max_pool_3x3_s2(x) * jnp.arange(1.0, 7.0).reshape(1, 2, 3, 1)))(x)
+  # What torch 2.14's max_pool2d(3, 2, 1) backward gives for this input and output gradient:
+  # outputs (0, 0..2) and (1, 0..1) each send theirs to their window's first pixel; output
+  # (1, 2)'s window holds the NaN at (3, 4), which wins.
+  want = np.zeros((4, 5))
+  want[0, 0], want[0, 1], want[0, 3], want[1, 0], want[1, 1], want[3, 4] = 1, 2, 3, 4, 5, 6
+  np.testing.assert_array_equal(g[0, :, :, 0], want)
+  assert np.isnan(max_pool_3x3_s2(x)[0, 1, 2, 0])
 
 
 def test_auto_resolves_per_platform():
