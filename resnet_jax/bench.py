@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> dict:
   args.user_xla_flags = os.environ.get('XLA_FLAGS', '')  # before the defaults: for child runs
   cpu_devices = getattr(args, 'cpu_devices', 1)
   if cpu_devices == 0:
-    cpu_devices = xla_flags.auto_cpu_devices(args.batch)
+    from resnet_jax.models import residual_blocks
+    cpu_devices = xla_flags.auto_cpu_devices(args.batch, blocks=residual_blocks(args.model),
+                                             image_size=args.image_size)
   xla_flags.apply_defaults(cpu_devices=cpu_devices)
   result = importlib.import_module(args.module_name).run(args)
   text = json.dumps(result, indent=2)

@@ -31,7 +31,10 @@ def _cpu_devices(config) -> int:
   if config.batch_size <= 0 or config.batch_size % per_device_multiple:
     return 1  # The validator reports the batch size with a fix; do not add a second problem.
   from resnet_jax import xla_flags
-  return xla_flags.auto_cpu_devices(config.batch_size // per_device_multiple)
+  from resnet_jax.models import residual_blocks
+  return xla_flags.auto_cpu_devices(config.batch_size // per_device_multiple,
+                                    blocks=residual_blocks(config.model.name),
+                                    image_size=config.data.image_size)
 
 
 def main(argv: list[str]) -> None:

@@ -42,6 +42,16 @@ DEVICE_COUNT_FLAG = 'xla_force_host_platform_device_count'
 # Added only for virtual CPU devices within one process (see the docstring).
 VIRTUAL_DEVICE_DEFAULTS = {'xla_disable_hlo_passes': 'cpu-all-reduce-combiner'}
 MAX_AUTO_CPU_DEVICES = 8  # Beyond the 2-4 measured; more devices than this only shrink batches.
+# Deep networks on large images run faster on one device: each convolution and matmul is large
+# enough to use every core by itself, so a split adds only the rendezvous of every BatchNorm
+# (statistics over the global batch, forward and backward) and the wait for the slower device.
+# One vs two devices on 2 cores, 224x224, medians of 2 interleaved rounds on 2026-12-06
+# (bench/results/devices_*_2026-12-06.json): ResNet-101 b16 1.26x and -15% peak memory,
+# ResNet-152 b8 1.20x and -23% (1.04x on 2026-12-04), ResNet-50 b16 1.03x (level; 2 devices
+# 1.01x on 2026-12-03), ResNet-18 b32 0.92x (2026-12-03). Small images keep the split: CIFAR
+# ResNet-110 (54 blocks) b128@28 0.90x on one device.
+ONE_DEVICE_MIN_BLOCKS = 33  # ResNet-101's residual blocks; ResNet-50 has 16.
+ONE_DEVICE_MIN_IMAGE_SIZE = 128
 
 
 def available_cores() -> int:
@@ -52,8 +62,15 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def auto_cpu_devices(batch_per_process: int, cores: int | None = None) -> int:
-  """The most devices, up to one per core, that split the batch evenly (1 if none does)."""
+def auto_cpu_devices(batch_per_process: int, cores: int | None = None, *, blocks: int = 0,
+                     image_size: int = 0) -> int:
+  """The most devices, up to one per core, that split the batch evenly (1 if none does).
+
+  One device for deep networks on large images (`blocks` residual blocks, `image_size` pixels
+  square; see ONE_DEVICE_MIN_BLOCKS): their ops are big enough to use every core on their own.
+  """
+  if blocks >= ONE_DEVICE_MIN_BLOCKS and image_size >= ONE_DEVICE_MIN_IMAGE_SIZE:
+    return 1
   limit = min(cores or available_cores(), MAX_AUTO_CPU_DEVICES)
   return max(d for d in range(1, limit + 1) if batch_per_process % d == 0)
 

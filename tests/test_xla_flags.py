@@ -76,6 +76,18 @@ def test_auto_cpu_devices_divides_the_batch_and_caps_at_the_cores():
   assert xla_flags.auto_cpu_devices(1) == 1
 
 
+def test_auto_cpu_devices_keeps_deep_networks_on_large_images_on_one_device():
+  from resnet_jax.models import residual_blocks
+  assert residual_blocks('resnet50') == 16 and residual_blocks('resnet101') == 33
+  assert residual_blocks('vgg16') == 0 and residual_blocks('no_such_model') == 0
+  def auto(model, image_size):
+    return xla_flags.auto_cpu_devices(16, cores=2, blocks=residual_blocks(model),
+                                      image_size=image_size)
+  assert auto('resnet101', 224) == auto('resnet152', 224) == auto('resnet200', 160) == 1
+  assert auto('resnet50', 224) == auto('resnet18', 224) == 2  # measured level / faster on two
+  assert auto('cifar_resnet110', 28) == auto('resnet152', 32) == 2  # small images keep the split
+
+
 def test_main_resolves_auto_against_processes_and_accumulation(monkeypatch):
   from configs import default
   from resnet_jax import main
@@ -87,6 +99,9 @@ def test_main_resolves_auto_against_processes_and_accumulation(monkeypatch):
   config.optim.grad_accum_steps = 3  # micro-batches of 32
   config.distributed_num_processes = 2  # 16 per process per micro-batch
   assert main._cpu_devices(config) == xla_flags.auto_cpu_devices(16)
+  config.model.name, config.data.image_size = 'resnet152', 224
+  assert main._cpu_devices(config) == 1
+  config.model.name, config.data.image_size = 'cifar_resnet20', 32
   config.batch_size = 97  # invalid: left to the validator, which names the field
   assert main._cpu_devices(config) == 1
   assert main._process_count(config) == 2

@@ -6,7 +6,9 @@ from resnet_jax.models.registry import (
   list_models,
   model_class,
   model_fields,
+  residual_blocks,
 )
 from resnet_jax.models.resnet import ResNet
 
-__all__ = ['MODEL_TABLE', 'ResNet', 'create_model', 'list_models', 'model_class', 'model_fields']
+__all__ = ['MODEL_TABLE', 'ResNet', 'create_model', 'list_models', 'model_class', 'model_fields',
+           'residual_blocks']

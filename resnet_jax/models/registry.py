@@ -144,6 +144,11 @@ def model_fields(name: str) -> dict:
   return dict(MODEL_TABLE[name])
 
 
+def residual_blocks(name: str) -> int:
+  """How many blocks `name`'s stages hold (0 for a model without stages or an unknown name)."""
+  return sum(MODEL_TABLE[name].get('stage_sizes', ())) if name in MODEL_TABLE else 0
+
+
 def create_model(name: str, **overrides) -> nn.Module:
   """The named model, with any field overridden (num_classes=10, dtype=jnp.bfloat16, …)."""
   fields = model_fields(name)
