@@ -36,7 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
   # CPU only: split the host into this many virtual devices that run the data-parallel step
   # side by side (XLA:CPU runs most ops of a step on ~1 core; see resnet_jax/xla_flags.py).
   # 0 = auto (one per available core, up to 8, dividing the batch; one for networks of >= 33
-  # blocks on images >= 128 px, measured faster: xla_flags.py), 1 = off. GPU/TPU ignore it.
+  # blocks on images >= 128 px on <= 2 cores, measured faster: xla_flags.py), 1 = off.
+  # GPU/TPU ignore it.
   config.cpu_devices = 0
 
   # ---- model -------------------------------------------------------------------------------

@@ -50,8 +50,10 @@ MAX_AUTO_CPU_DEVICES = 8  # Beyond the 2-4 measured; more devices than this only
 # ResNet-152 b8 1.20x and -23% (1.04x on 2026-12-04), ResNet-50 b16 1.03x (level; 2 devices
 # 1.01x on 2026-12-03), ResNet-18 b32 0.92x (2026-12-03). Small images keep the split: CIFAR
 # ResNet-110 (54 blocks) b128@28 0.90x on one device.
+# Only where measured: with more cores one device's elementwise ops leave more of them idle.
 ONE_DEVICE_MIN_BLOCKS = 33  # ResNet-101's residual blocks; ResNet-50 has 16.
 ONE_DEVICE_MIN_IMAGE_SIZE = 128
+ONE_DEVICE_MAX_CORES = 2
 
 
 def available_cores() -> int:
@@ -67,11 +69,14 @@ def auto_cpu_devices(batch_per_process: int, cores: int | None = None, *, blocks
   """The most devices, up to one per core, that split the batch evenly (1 if none does).
 
   One device for deep networks on large images (`blocks` residual blocks, `image_size` pixels
-  square; see ONE_DEVICE_MIN_BLOCKS): their ops are big enough to use every core on their own.
+  square) on up to 2 cores (see ONE_DEVICE_MIN_BLOCKS): their ops are big enough to use both
+  cores on their own.
   """
-  if blocks >= ONE_DEVICE_MIN_BLOCKS and image_size >= ONE_DEVICE_MIN_IMAGE_SIZE:
+  cores = cores or available_cores()
+  if (blocks >= ONE_DEVICE_MIN_BLOCKS and image_size >= ONE_DEVICE_MIN_IMAGE_SIZE
+      and cores <= ONE_DEVICE_MAX_CORES):
     return 1
-  limit = min(cores or available_cores(), MAX_AUTO_CPU_DEVICES)
+  limit = min(cores, MAX_AUTO_CPU_DEVICES)
   return max(d for d in range(1, limit + 1) if batch_per_process % d == 0)
 
 

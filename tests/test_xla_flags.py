@@ -86,6 +86,8 @@ def test_auto_cpu_devices_keeps_deep_networks_on_large_images_on_one_device():
   assert auto('resnet101', 224) == auto('resnet152', 224) == auto('resnet200', 160) == 1
   assert auto('resnet50', 224) == auto('resnet18', 224) == 2  # measured level / faster on two
   assert auto('cifar_resnet110', 28) == auto('resnet152', 32) == 2  # small images keep the split
+  # Measured on 2 cores only: more cores keep the split.
+  assert xla_flags.auto_cpu_devices(16, cores=8, blocks=50, image_size=224) == 8
 
 
 def test_main_resolves_auto_against_processes_and_accumulation(monkeypatch):
