@@ -44,8 +44,7 @@ def add_step_arguments(parser) -> None:
   parser.add_argument('--cpu-devices', type=int, default=0,
                       help='virtual CPU devices (0 = auto, as training: one per core dividing '
                            'the batch, one for >= 33 blocks on >= 128 px images on <= 2 '
-                           'cores; 1 = off); '
-                           'ignored when XLA_FLAGS sets the device count')
+                           'cores; 1 = off); ignored when XLA_FLAGS sets the device count')
 
 
 def add_arguments(parser) -> None:

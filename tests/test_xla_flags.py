@@ -102,6 +102,7 @@ def test_main_resolves_auto_against_processes_and_accumulation(monkeypatch):
   config.distributed_num_processes = 2  # 16 per process per micro-batch
   assert main._cpu_devices(config) == xla_flags.auto_cpu_devices(16)
   config.model.name, config.data.image_size = 'resnet152', 224
+  monkeypatch.setattr(xla_flags, 'available_cores', lambda: 2)  # the rule's measured hosts
   assert main._cpu_devices(config) == 1
   config.model.name, config.data.image_size = 'cifar_resnet20', 32
   config.batch_size = 97  # invalid: left to the validator, which names the field
