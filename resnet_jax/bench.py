@@ -51,4 +51,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == '__main__':
+  from resnet_jax import host_malloc
+  host_malloc.reexec_with_tunables()  # What training runs with (host_malloc.py).
   main()

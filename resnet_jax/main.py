@@ -71,4 +71,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  from resnet_jax import host_malloc
+  host_malloc.reexec_with_tunables()  # Malloc that reuses each step's buffers (host_malloc.py).
   app.run(main)
