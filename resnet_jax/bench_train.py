@@ -5,8 +5,9 @@ decay, BatchNorm over the global batch, donated state), so what is measured is w
 Reports compile time, the median step time after warm-up, images/s, achieved GFLOP/s (XLA's
 cost analysis of the compiled step / step time) against a matmul peak measured in the same
 process, and the peak memory XLA plans for the step (summed over the devices it runs on).
-`--variant` compares model fields in one process; `--xla-variant` compares XLA flag sets, one
-child process per flag set and round (XLA reads its flags once, when the backend starts).
+`--variant` compares model fields in one process; `--xla-variant` compares XLA flag sets and
+`--env-variant` environment settings, one child process per setting and round (XLA reads its
+flags once, when the backend starts; glibc its tunables when the process starts).
 """
 
 import ast
@@ -62,6 +63,11 @@ def add_arguments(parser) -> None:
                            'the backend starts), interleaved over --repeat rounds, e.g. '
                            '--xla-variant ynn=--xla_cpu_experimental_ynn_fusion_type='
                            '+individual_convolution --xla-variant default=')
+  parser.add_argument('--env-variant', action='append', default=[], metavar='NAME:VAR=VALUE',
+                      help='compare environment settings the same way, e.g. the malloc '
+                           'tunables of host_malloc.py against glibc\'s defaults: '
+                           '--env-variant system:GLIBC_TUNABLES=glibc.malloc.hugetlb=0 '
+                           '--env-variant tuned:')
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -229,11 +235,12 @@ def _header(args) -> dict:
     'model': args.model, 'batch': args.batch, 'image_size': args.image_size,
     'dtype': args.dtype, 'conv_impl': args.conv_impl, 'backend': jax.default_backend(),
     'devices': jax.device_count(), 'jax': jax.__version__, 'repeats': getattr(args, 'repeat', 1),
+    'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),  # malloc's (host_malloc.py)
   }
 
 
 def _child_argv(args) -> list[str]:
-  """This measurement's command line for one round in a child process (no --xla-variant)."""
+  """This measurement's command line for one round in a child process (no process variants)."""
   argv = [sys.executable, '-m', 'resnet_jax.bench', 'train', '--model', args.model,
           '--batch', str(args.batch), '--image-size', str(args.image_size),
           '--num-classes', str(args.num_classes), '--dtype', args.dtype,
@@ -242,27 +249,42 @@ def _child_argv(args) -> list[str]:
   return argv
 
 
-def run_xla_variants(args) -> dict:
-  """Each NAME=FLAGS in its own process per round; medians and ratios to the first."""
+def _process_variants(args) -> tuple[str, list[tuple[str, str, dict]]]:
+  """(kind, [(name, setting, child environment)]) from --xla-variant or --env-variant."""
   if args.variant:
-    raise ValueError('--xla-variant and --variant cannot be combined: compare one kind at a time')
+    raise ValueError('--xla-variant/--env-variant and --variant cannot be combined: compare '
+                     'one kind at a time')
+  if args.xla_variant and args.env_variant:
+    raise ValueError('--xla-variant and --env-variant cannot be combined: compare one kind at '
+                     'a time')
+  user_flags = getattr(args, 'user_xla_flags', '')
   variants = []
   for text in args.xla_variant:
     name, sep, flags = text.partition('=')
     if not sep or not name:
       raise ValueError(f'--xla-variant {text!r}: expected NAME=FLAGS (FLAGS may be empty)')
-    variants.append((name, flags))
-  user_flags = getattr(args, 'user_xla_flags', '')
-  runs = {name: [] for name, _ in variants}
+    variants.append((name, flags, {'XLA_FLAGS': xla_flags.merge(user_flags, flags)}))
+  for text in args.env_variant:
+    name, sep, setting = text.partition(':')
+    var, eq, value = setting.partition('=')
+    if not sep or not name or (setting and (not eq or not var)):
+      raise ValueError(f'--env-variant {text!r}: expected NAME:VAR=VALUE or NAME: (unchanged)')
+    variants.append((name, setting, {var: value} if setting else {}))
+  return ('xla' if args.xla_variant else 'env'), variants
+
+
+def run_process_variants(args) -> dict:
+  """Each variant in its own process per round; medians and ratios to the first."""
+  kind, variants = _process_variants(args)
+  runs = {name: [] for name, _, _ in variants}
   with tempfile.TemporaryDirectory() as tmp:
     for round_ in range(args.repeat):
-      for name, flags in variants:  # Interleaved: a noisy minute hits every variant alike.
+      for name, _, env in variants:  # Interleaved: a noisy minute hits every variant alike.
         out = os.path.join(tmp, f'{name}_{round_}.json')
-        env = {**os.environ, 'XLA_FLAGS': xla_flags.merge(user_flags, flags)}
-        proc = subprocess.run([*_child_argv(args), '--json', out], env=env,
+        proc = subprocess.run([*_child_argv(args), '--json', out], env={**os.environ, **env},
                               capture_output=True, text=True)
         if proc.returncode != 0:
-          raise RuntimeError(f'--xla-variant {name} round {round_ + 1} failed '
+          raise RuntimeError(f'--{kind}-variant {name} round {round_ + 1} failed '
                              f'(exit {proc.returncode}):\n{proc.stderr[-2000:]}')
         with open(out) as f:
           runs[name].append(json.load(f))
@@ -274,12 +296,14 @@ def run_xla_variants(args) -> dict:
   first = runs[base][0]  # The parent never starts a backend: the children's header.
   header = {k: first[k] for k in ('model', 'batch', 'image_size', 'dtype', 'conv_impl',
                                    'backend', 'devices', 'jax')}
+  setting_key = {'xla': 'xla_flags', 'env': 'env'}[kind]
   return {
     **header, 'repeats': args.repeat,
-    'xla_variants': {name: {'xla_flags': flags, 'devices': runs[name][0]['devices'],
-                            **medians[name],
-                            'rounds_images_per_sec': [r['images_per_sec'] for r in runs[name]]}
-                     for name, flags in variants},
+    f'{kind}_variants': {name: {setting_key: setting, 'devices': runs[name][0]['devices'],
+                                'glibc_tunables': runs[name][0]['glibc_tunables'],
+                                **medians[name],
+                                'rounds_images_per_sec': [r['images_per_sec'] for r in runs[name]]}
+                         for name, setting, _ in variants},
     'speedup_vs_' + base: {name: m['images_per_sec'] / medians[base]['images_per_sec']
                            for name, m in medians.items()},
   }
@@ -287,8 +311,8 @@ def run_xla_variants(args) -> dict:
 
 def run(args) -> dict:
   """The `train` subcommand: one configuration, or several compared as ratios."""
-  if args.xla_variant:
-    return run_xla_variants(args)
+  if args.xla_variant or args.env_variant:
+    return run_process_variants(args)
   compilation_cache.enable(args.compilation_cache)
   peak = matmul_peak_gflops()
   variants = [parse_variant(v) for v in args.variant] or [('', {})]

@@ -46,12 +46,31 @@ def test_xla_variants_run_in_their_own_processes_with_their_flags(tmp_path):
   assert out['speedup_vs_one']['one'] == 1.0 and out['speedup_vs_one']['two'] > 0
 
 
+def test_env_variants_run_their_children_with_that_environment():
+  # glibc's defaults against the tuned malloc: each child records the tunables it ran with (the
+  # unchanged variant's child re-executes itself with host_malloc's, as training does).
+  from resnet_jax import host_malloc
+  out = bench.main(['train', *TINY, '--repeat', '1', '--steps', '1', '--warmup', '0',
+                    '--env-variant', 'system:GLIBC_TUNABLES=glibc.malloc.hugetlb=0',
+                    '--env-variant', 'tuned:'])
+  system, tuned = out['env_variants']['system'], out['env_variants']['tuned']
+  assert system['env'] == 'GLIBC_TUNABLES=glibc.malloc.hugetlb=0' and tuned['env'] == ''
+  assert system['glibc_tunables'] == 'glibc.malloc.hugetlb=0'
+  if (host_malloc.glibc_version() or (0,)) >= host_malloc.MIN_GLIBC:
+    assert tuned['glibc_tunables'] == host_malloc.merged('')
+  assert out['speedup_vs_system']['system'] == 1.0 and tuned['images_per_sec'] > 0
+
+
 def test_xla_variant_errors_name_the_argument():
   import pytest
   with pytest.raises(ValueError, match='NAME=FLAGS'):
     bench.main(['train', *TINY, '--xla-variant', 'noequals'])
   with pytest.raises(ValueError, match='cannot be combined'):
     bench.main(['train', *TINY, '--xla-variant', 'a=', '--variant', 'b:'])
+  with pytest.raises(ValueError, match='NAME:VAR=VALUE'):
+    bench.main(['train', *TINY, '--env-variant', 'nocolon'])
+  with pytest.raises(ValueError, match='cannot be combined'):
+    bench.main(['train', *TINY, '--env-variant', 'a:', '--xla-variant', 'b='])
 
 
 def test_torch_reference_reports_images_per_sec():
