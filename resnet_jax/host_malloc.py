@@ -42,6 +42,11 @@ def glibc_version() -> tuple[int, ...] | None:
   return tuple(int(part) for part in version.split('.')[:2] if part.isdigit())
 
 
+def has_tunables(version: tuple[int, ...] | None) -> bool:
+  """Whether a C library of this glibc_version() honours TUNABLES (None: not glibc)."""
+  return version is not None and version >= MIN_GLIBC
+
+
 def runs_on_cpu(environ=os.environ) -> bool:
   """Whether jax will pick the CPU: JAX_PLATFORMS says so, or no accelerator plugin is
   installed (found without importing anything)."""
@@ -68,8 +73,7 @@ def reexec_with_tunables(environ=os.environ, argv: list[str] | None = None,
   Call it first in a command-line entry point (`if __name__ == '__main__':`), never from a
   library function: the process is replaced.
   """
-  version = libc_version()
-  if version is None or version < MIN_GLIBC or not runs_on_cpu(environ):
+  if not has_tunables(libc_version()) or not runs_on_cpu(environ):
     return
   current = environ.get(ENV_VAR, '')
   wanted = merged(current)

@@ -9,7 +9,7 @@ import pytest
 from resnet_jax import host_malloc
 
 needs_glibc = pytest.mark.skipif(
-  (host_malloc.glibc_version() or (0,)) < host_malloc.MIN_GLIBC,
+  not host_malloc.has_tunables(host_malloc.glibc_version()),
   reason='glibc >= 2.35 only (other C libraries are left alone)')
 
 
