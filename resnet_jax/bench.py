@@ -14,6 +14,7 @@ SUBCOMMANDS = {
   'train': ('resnet_jax.bench_train', 'train-step speed, compile time, memory (random data)'),
   'eval': ('resnet_jax.bench_eval', 'eval forward throughput and batch-1 latency'),
   'torch': ('resnet_jax.bench_torch', "torchvision's train step on this machine (reference)"),
+  'vs-torch': ('resnet_jax.bench_vs_torch', "ours against torchvision's, alternated: ratios"),
   'profile': ('resnet_jax.bench_profile', "the train step's time by op category, pass, stage"),
 }
 

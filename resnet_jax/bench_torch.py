@@ -7,6 +7,7 @@ ratio to PyTorch's on whatever machine runs it: absolute img/s move 1.5x between
 hosts of the same size, the ratio much less.
 """
 
+import os
 import statistics
 import time
 
@@ -64,5 +65,6 @@ def run(args) -> dict:
     'model': args.model, 'batch': args.batch, 'image_size': args.image_size,
     'memory_format': args.memory_format, 'torch': torch.__version__,
     'threads': torch.get_num_threads(), 'repeats': args.repeat,
+    'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),  # malloc's (host_malloc.py)
     'step_s': step_s, 'images_per_sec': args.batch / step_s,
   }

@@ -81,3 +81,18 @@ def test_torch_reference_reports_images_per_sec():
   assert out['images_per_sec'] > 0 and out['memory_format'] == 'channels_last'
   with pytest.raises(SystemExit, match='not a torchvision.models name'):
     bench.main(['torch', '--model', 'no_such_net'])
+
+
+def test_vs_torch_alternates_both_frameworks_and_reports_ratios():
+  import pytest
+  pytest.importorskip('torchvision')
+  out = bench.main(['vs-torch', '--model', 'resnet18', '--batch', '8', '--image-size', '32',
+                    '--num-classes', '10', '--steps', '1', '--warmup', '0', '--repeat', '1'])
+  ours = out['jax']['images_per_sec']
+  assert ours > 0 and out['jax']['devices'] == 8  # conftest's devices reach the child
+  # torch with glibc's defaults (as its users run it) and with our tunables, each a ratio.
+  assert out['torch']['glibc_tunables'] == 'glibc.malloc.hugetlb=0'
+  assert out['torch']['memory_format'] == 'contiguous'  # auto: NCHW for ResNet-18
+  for name in ('torch', 'torch_tuned'):
+    assert out[name]['ratio_of_medians'] == pytest.approx(ours / out[name]['images_per_sec'])
+    assert len(out[name]['ratio_per_round']) == 1
