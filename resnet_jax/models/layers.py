@@ -261,7 +261,7 @@ def _pool_windows(x: jax.Array) -> list[jax.Array]:
 
 
 @jax.custom_vjp
-def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+def max_pool_3x3_s2(x: jax.Array, tie: jax.Array | None = None) -> jax.Array:
   """torch's MaxPool2d(3, stride=2, padding=1): the maximum of nine strided slices.
 
   Same values as `nn.max_pool` (padding is -inf, so it never wins). The gradient goes where
@@ -272,20 +272,31 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   the plain derivative of the slices compared the input with the output, which fused the
   stem's BatchNorm and ReLU into the backward pass and recomputed them there nine times (the
   slowest op of a ResNet-18 b32 step, 0.21 s of 2.7 s on one device: `bench profile`).
+
+  `tie`, a replicated parameter (the stem convolution's kernel), puts the forward pass behind
+  a conditional (`_opaque`) so that the int8 positions are stored: without it XLA:CPU fused
+  their nine-way comparison chain into the backward pass's scatter, once for each of the nine
+  windows an input pixel belongs to (ResNet-18 b32: again the slowest op of the step).
   """
-  out = None
+  out = None  # Without gradients (evaluation) only the maxima: no positions, no conditional.
   for window in _pool_windows(x):
     out = window if out is None else jnp.maximum(out, window)
   return out
 
 
-def _max_pool_fwd(x):
+def _max_and_first(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The pooled maximum and the int8 position (0..8) of each window's first maximum."""
   windows = _pool_windows(x)
   out, first = windows[0], jnp.zeros(windows[0].shape, jnp.int8)
   for k, window in enumerate(windows[1:], 1):
     later_wins = (window > out) | jnp.isnan(window)  # Ties keep the earlier position.
     out = jnp.where(later_wins, window, out)
     first = jnp.where(later_wins, jnp.int8(k), first)
+  return out, first
+
+
+def _max_pool_fwd(x, tie):
+  out, first = _opaque(_max_and_first, tie is not None, tie, x)
   # An empty array carries the input's height and width (odd or even) to the backward pass.
   return out, (first, jnp.zeros((x.shape[1], x.shape[2], 0), x.dtype))
 
@@ -296,7 +307,8 @@ def _max_pool_bwd(residuals, g):
   shape = jax.ShapeDtypeStruct((n, hw.shape[0], hw.shape[1], c), g.dtype)
   per_window = [jnp.where(first == k, g, jnp.zeros((), g.dtype)) for k in range(9)]
   # Each window's gradient back to its pixels: the transpose of the slicing (a strided pad).
-  return jax.linear_transpose(_pool_windows, shape)(per_window)
+  (grad_x,) = jax.linear_transpose(_pool_windows, shape)(per_window)
+  return grad_x, None  # `tie` only places the computation: no gradient.
 
 
 max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)

@@ -100,7 +100,7 @@ def remat_pure(fn):
   return call
 
 
-def remat_function(fn):
-  """The same rematerialisation for a parameter-free function of one array (a pooling)."""
-  pure = remat_pure(lambda consts, x: (fn(x), ()))
-  return lambda x: pure((), x)[0]
+def remat_function(fn, *consts):
+  """The same rematerialisation for a function of one array (a pooling), `fn(x, *consts)`."""
+  pure = remat_pure(lambda consts, x: (fn(x, *consts), ()))
+  return lambda x: pure(consts, x)[0]

@@ -210,7 +210,8 @@ class ResNet(nn.Module):
     # torch's MaxPool2d(3, 2, padding=1); see max_pool_3x3_s2 for why not nn.max_pool.
     # With remat, the pooling's nine-way maximum is recomputed too (it kept eight stem-sized
     # partial maxima alive through the whole backward pass: ~100 MB at ResNet-50 b16).
-    return remat_function(max_pool_3x3_s2)(x) if self.remat else max_pool_3x3_s2(x)
+    tie = _stem_kernel(self)
+    return remat_function(max_pool_3x3_s2, tie)(x) if self.remat else max_pool_3x3_s2(x, tie)
 
   def _remat_stem(self, train: bool) -> bool:
     """Whether remat recomputes the whole ImageNet stem in the backward pass, not just its pool.
@@ -262,6 +263,12 @@ class ResNet(nn.Module):
     return jnp.asarray(x, jnp.float32)
 
 
+def _stem_kernel(module: nn.Module) -> jax.Array:
+  """The stem convolution's kernel, created by _stem_layers in `module`: a replicated
+  parameter that max_pool_3x3_s2 reads its conditional's predicate from (no communication)."""
+  return module.variables['params']['conv1']['kernel']
+
+
 def _stem_layers(x, conv, norm, kind: str, width: int, preact: bool):
   """The stem's layers (before the max pool), created in the module that calls this."""
   if kind == 'cifar':
@@ -295,5 +302,5 @@ class _Stem(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return max_pool_3x3_s2(_stem_layers(x, self.conv, self.norm, self.kind, self.width,
-                                        self.preact))
+    x = _stem_layers(x, self.conv, self.norm, self.kind, self.width, self.preact)
+    return max_pool_3x3_s2(x, _stem_kernel(self))

