@@ -210,8 +210,14 @@ class ResNet(nn.Module):
     # torch's MaxPool2d(3, 2, padding=1); see max_pool_3x3_s2 for why not nn.max_pool.
     # With remat, the pooling's nine-way maximum is recomputed too (it kept eight stem-sized
     # partial maxima alive through the whole backward pass: ~100 MB at ResNet-50 b16).
-    tie = _stem_kernel(self)
+    tie = _stem_kernel(self) if self._stores_pool_positions() else None
     return remat_function(max_pool_3x3_s2, tie)(x) if self.remat else max_pool_3x3_s2(x, tie)
+
+  def _stores_pool_positions(self) -> bool:
+    """Whether the max pool's positions are stored behind a conditional (max_pool_3x3_s2's
+    `tie`): a fix for XLA:CPU's fusion, so with the CPU lowering only. On GPU a conditional's
+    predicate is read by the host, which would add a sync to every step."""
+    return resolve_conv_impl(self.conv_impl) == 'cpu'
 
   def _remat_stem(self, train: bool) -> bool:
     """Whether remat recomputes the whole ImageNet stem in the backward pass, not just its pool.
@@ -233,7 +239,7 @@ class ResNet(nn.Module):
     if self.is_initializing():
       return self._stem(x, conv, norm)
     stem = _Stem(conv=conv, norm=norm, kind=self.stem, width=self.stem_width,
-                 preact=self.preact)
+                 preact=self.preact, store_pool_positions=self._stores_pool_positions())
     names = jax.eval_shape(stem.init, jax.random.key(0), x)  # No BatchNorm if pre-activation.
     variables = {col: {name: self.variables[col][name] for name in tree}
                  for col, tree in names.items()}
@@ -299,8 +305,9 @@ class _Stem(nn.Module):
   kind: str
   width: int
   preact: bool
+  store_pool_positions: bool  # ResNet._stores_pool_positions
 
   @nn.compact
   def __call__(self, x):
     x = _stem_layers(x, self.conv, self.norm, self.kind, self.width, self.preact)
-    return max_pool_3x3_s2(x, _stem_kernel(self))
+    return max_pool_3x3_s2(x, _stem_kernel(self) if self.store_pool_positions else None)

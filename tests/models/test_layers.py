@@ -153,6 +153,16 @@ def test_max_pool_tied_to_a_parameter_stores_the_positions_with_the_same_gradien
   assert 'conditional(' not in plain.as_text()
 
 
+def test_only_the_cpu_lowering_stores_the_pool_positions_behind_a_conditional():
+  # A conditional's predicate is read by the host on GPU (a sync per step): the XLA lowering,
+  # GPU/TPU's default, keeps the plain pool; the CPU lowering ties it to the stem kernel.
+  x = jnp.zeros((2, 32, 32, 3))
+  for impl, conditionals in (('xla', 0), ('cpu', 1)):
+    model = create_model('resnet_tiny', stem='imagenet', conv_impl=impl)
+    lines = _gradient_hlo(model, x).splitlines()
+    assert sum('conditional(' in line and 's8[' in line for line in lines) == conditionals
+
+
 def test_max_pool_gradient_goes_to_the_first_maximum_as_torch_does():
   # Ties: every window of a constant map ties; torch gives each output's gradient to the first
   # position of its window (row-major). Plain autodiff would split it between the tied inputs.
@@ -233,16 +243,24 @@ def test_remat_computes_the_same_values_gradients_and_statistics(stem, block, pr
   jax.tree.map(np.testing.assert_array_equal, upd_remat, upd_base)
 
 
-def _gradient_temp_bytes(model, x) -> int:
-  """Temporary memory XLA plans for the gradient of a train-mode loss (compiled, not run)."""
+def _compiled_gradient(model, x):
+  """The compiled gradient of a train-mode loss (not run)."""
   v = jax.eval_shape(model.init, jax.random.key(0), x)
 
   def loss(p, batch_stats):
     out, _ = model.apply({'params': p, 'batch_stats': batch_stats}, x, train=True,
                          mutable=['batch_stats'])
     return jnp.sum(out**2)
-  compiled = jax.jit(jax.grad(loss)).lower(v['params'], v['batch_stats']).compile()
-  return compiled.memory_analysis().temp_size_in_bytes
+  return jax.jit(jax.grad(loss)).lower(v['params'], v['batch_stats']).compile()
+
+
+def _gradient_temp_bytes(model, x) -> int:
+  """Temporary memory XLA plans for the gradient of a train-mode loss (compiled, not run)."""
+  return _compiled_gradient(model, x).memory_analysis().temp_size_in_bytes
+
+
+def _gradient_hlo(model, x) -> str:
+  return _compiled_gradient(model, x).as_text()
 
 
 def test_remat_lowers_the_compiled_peak_memory():
