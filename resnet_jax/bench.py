@@ -7,6 +7,8 @@ Add a subcommand by adding an entry to SUBCOMMANDS: name -> (module, help); the 
 import argparse
 import importlib
 import json
+import os
+import subprocess
 import sys
 
 SUBCOMMANDS = {
@@ -17,6 +19,17 @@ SUBCOMMANDS = {
   'vs-torch': ('resnet_jax.bench_vs_torch', "ours against torchvision's, alternated: ratios"),
   'profile': ('resnet_jax.bench_profile', "the train step's time by op category, pass, stage"),
 }
+
+
+def run_child(bench_args: list[str], env: dict, out: str, label: str) -> dict:
+  """`python -m resnet_jax.bench *bench_args --json out` in a fresh process with `env` added
+  to this one's environment; its JSON result. A failure names `label` and shows its stderr."""
+  proc = subprocess.run([sys.executable, '-m', 'resnet_jax.bench', *bench_args, '--json', out],
+                        env={**os.environ, **env}, capture_output=True, text=True)
+  if proc.returncode != 0:
+    raise RuntimeError(f'{label} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}')
+  with open(out) as f:
+    return json.load(f)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,8 +44,6 @@ def main(argv: list[str] | None = None) -> dict:
     importlib.import_module(module_name).add_arguments(p)
   args = parser.parse_args(argv)
   # What training runs with (before any subcommand starts the XLA backend).
-  import os
-
   from resnet_jax import xla_flags
   args.user_xla_flags = os.environ.get('XLA_FLAGS', '')  # before the defaults: for child runs
   cpu_devices = getattr(args, 'cpu_devices', 1)

@@ -12,11 +12,8 @@ flags once, when the backend starts; glibc its tunables when the process starts)
 
 import ast
 import functools
-import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -25,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import compilation_cache, optim, parallel, steps, xla_flags
+from resnet_jax import bench, compilation_cache, optim, parallel, steps, xla_flags
 from resnet_jax.models import create_model
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -240,8 +237,8 @@ def _header(args) -> dict:
 
 
 def _child_argv(args) -> list[str]:
-  """This measurement's command line for one round in a child process (no process variants)."""
-  argv = [sys.executable, '-m', 'resnet_jax.bench', 'train', '--model', args.model,
+  """This measurement's bench arguments for one round in a child process (no process variants)."""
+  argv = ['train', '--model', args.model,
           '--batch', str(args.batch), '--image-size', str(args.image_size),
           '--num-classes', str(args.num_classes), '--dtype', args.dtype,
           '--conv-impl', args.conv_impl, '--steps', str(args.steps),
@@ -281,13 +278,8 @@ def run_process_variants(args) -> dict:
     for round_ in range(args.repeat):
       for name, _, env in variants:  # Interleaved: a noisy minute hits every variant alike.
         out = os.path.join(tmp, f'{name}_{round_}.json')
-        proc = subprocess.run([*_child_argv(args), '--json', out], env={**os.environ, **env},
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-          raise RuntimeError(f'--{kind}-variant {name} round {round_ + 1} failed '
-                             f'(exit {proc.returncode}):\n{proc.stderr[-2000:]}')
-        with open(out) as f:
-          runs[name].append(json.load(f))
+        runs[name].append(bench.run_child(_child_argv(args), env, out,
+                                          f'--{kind}-variant {name} round {round_ + 1}'))
   keys = ('compile_s', 'step_s', 'images_per_sec', 'gflops_per_sec', 'peak_memory_bytes',
           'matmul_peak_gflops')
   medians = {name: {k: statistics.median(r[k] for r in rs) for k in keys}

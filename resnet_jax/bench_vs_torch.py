@@ -10,12 +10,12 @@ torch runs twice per round: with glibc's malloc defaults, as a PyTorch user runs
 host_malloc's tunables, so that what the tunables buy torch is not counted as ours.
 """
 
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
+
+from resnet_jax import bench
 
 # glibc's defaults, stated so that the child's host_malloc re-exec leaves them (its opt-out).
 GLIBC_DEFAULTS = 'glibc.malloc.hugetlb=0'
@@ -56,23 +56,14 @@ def sides(args) -> dict[str, tuple[list[str], dict]]:
   }
 
 
-def _run_child(name: str, round_: int, bench_args: list[str], env: dict, out: str) -> dict:
-  proc = subprocess.run([sys.executable, '-m', 'resnet_jax.bench', *bench_args, '--json', out],
-                        env={**os.environ, **env}, capture_output=True, text=True)
-  if proc.returncode != 0:
-    raise RuntimeError(f'vs-torch: {name} round {round_ + 1} failed (exit {proc.returncode}):\n'
-                       f'{proc.stderr[-2000:]}')
-  with open(out) as f:
-    return json.load(f)
-
-
 def run(args) -> dict:
   runs = {name: [] for name in sides(args)}
   with tempfile.TemporaryDirectory() as tmp:
     for round_ in range(args.repeat):
       for name, (bench_args, env) in sides(args).items():
         out = os.path.join(tmp, f'{name}_{round_}.json')
-        runs[name].append(_run_child(name, round_, bench_args, env, out))
+        runs[name].append(bench.run_child(bench_args, env, out,
+                                          f'vs-torch: {name} round {round_ + 1}'))
         print(f'vs-torch round {round_ + 1}/{args.repeat} {name}: '
               f'{runs[name][-1]["images_per_sec"]:.3g} img/s', file=sys.stderr, flush=True)
 
