@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50  # Metrics leave the device only this often (no per-step host sync).
   # Evaluate on the mean of each image's and its mirror's probabilities (test-time augmentation).
   config.eval_flip = False
+  # Also average the image's translations by this many pixels up, down, left and right (border
+  # filled as training's pad-and-crop pads): 5 views, 10 with eval_flip; 0 = off.
+  config.eval_shift = 0
   config.eval_every_steps = -1  # Evaluate every N steps; -1 = once per epoch, 0 = only at the end.
   config.half_precision = False  # bf16 compute (params and BatchNorm statistics stay fp32).
   config.init_checkpoint = ''  # Path to weights to start from when the workdir has no checkpoint.

@@ -139,6 +139,10 @@ def _check_values(config, num_devices: int | None) -> None:
     raise ConfigError('cpu_devices', config.cpu_devices, 'an integer >= 0',
                       'use 0 for one virtual CPU device per core, 1 for off.')
   _check_resize_schedule(config.data.resize_schedule)
+  if not 0 <= config.eval_shift < config.data.image_size // 2:
+    raise ConfigError('eval_shift', config.eval_shift,
+                      f'pixels in [0, {config.data.image_size // 2})',
+                      'use 0 for off or e.g. 1 (within data.crop_padding).')
   if config.checkpoint.keep_best < 0:
     raise ConfigError('checkpoint.keep_best', config.checkpoint.keep_best, 'an integer >= 0',
                       'use 0 for off or e.g. 1 to keep the best checkpoint.')

@@ -1,9 +1,11 @@
-"""Evaluate runs and their ensemble: python -m resnet_jax.ensemble WORKDIR [WORKDIR ...] [--flip].
+"""Evaluate runs and their ensemble: python -m resnet_jax.ensemble WORKDIR [WORKDIR ...] [--flip]
+[--shift N].
 
 Each run's newest checkpoint is evaluated on the eval split of the first run's data config
 (every run must have trained on the same dataset and image size), then the ensemble: the mean
 of the members' softmax probabilities. `--flip` adds horizontal-flip test-time augmentation to
-every member (as config.eval_flip). Prints a table, and writes it as JSON with `--json FILE`.
+every member (as config.eval_flip), `--shift N` the image's translations by N pixels (as
+config.eval_shift). Prints a table, and writes it as JSON with `--json FILE`.
 """
 
 import argparse
@@ -40,16 +42,19 @@ def _load_members(workdirs: list[str]):
   return members, data_config
 
 
-def evaluate(workdirs: list[str], flip: bool = False, batch_size: int = 500) -> dict:
+def evaluate(workdirs: list[str], flip: bool = False, shift: int = 0,
+             batch_size: int = 500) -> dict:
   """{'members': {workdir: top1}, 'ensemble': top1, 'count': n} on the eval split."""
   import jax
 
   from resnet_jax import data
+  from resnet_jax.data import pipeline
   from resnet_jax.evaluation import predict_log_probs
 
   members, data_config = _load_members(workdirs)
   data_config.host_normalize = True  # Float batches: every member sees the same inputs.
-  forwards = [jax.jit(lambda v, x, m=model: predict_log_probs(m, v, x, flip))
+  fill = pipeline.zero_pixel(data_config)
+  forwards = [jax.jit(lambda v, x, m=model: predict_log_probs(m, v, x, flip, shift, fill))
               for _, model, _ in members]
   correct = np.zeros(len(members) + 1)
   count = 0
@@ -65,7 +70,7 @@ def evaluate(workdirs: list[str], flip: bool = False, batch_size: int = 500) -> 
     count += int(mask.sum())
   top1 = correct / max(count, 1)
   return {'members': dict(zip(workdirs, top1[:-1].tolist(), strict=True)),
-          'ensemble': float(top1[-1]), 'count': count, 'flip': flip}
+          'ensemble': float(top1[-1]), 'count': count, 'flip': flip, 'shift': shift}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,14 +78,17 @@ def main(argv: list[str] | None = None) -> int:
                                    description=__doc__.split('\n')[0])
   parser.add_argument('workdirs', nargs='+', metavar='WORKDIR', help='runs of resnet_jax.main')
   parser.add_argument('--flip', action='store_true', help='horizontal-flip TTA for every member')
+  parser.add_argument('--shift', type=int, default=0, metavar='N',
+                      help='also average translations by N pixels (5 views, 10 with --flip)')
   parser.add_argument('--json', default='', help='also write the results to this file')
   args = parser.parse_args(argv)
   try:
-    results = evaluate(args.workdirs, args.flip)
+    results = evaluate(args.workdirs, args.flip, args.shift)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  print(f'eval top-1 on {results["count"]} examples{" (flip TTA)" if args.flip else ""}:')
+  tta = ', '.join([f'{args.shift} px shifts'] * bool(args.shift) + ['flip'] * args.flip)
+  print(f'eval top-1 on {results["count"]} examples{f" (TTA: {tta})" if tta else ""}:')
   for workdir, top1 in results['members'].items():
     print(f'  {top1:.4f}  {workdir}')
   print(f'  {results["ensemble"]:.4f}  ensemble of {len(args.workdirs)} (mean probabilities)')

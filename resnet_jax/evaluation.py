@@ -1,4 +1,5 @@
-"""Exact evaluation over a device mesh: masked sums per variable set, optional flip TTA."""
+"""Exact evaluation over a device mesh: masked sums per variable set, optional flip and
+translation test-time augmentation."""
 
 import functools
 from collections.abc import Iterable
@@ -16,23 +17,48 @@ def zero_eval_sums(names: Iterable[str]) -> dict[str, dict[str, jax.Array]]:
           for name in names}
 
 
-def predict_log_probs(model, variables, images: jax.Array, flip: bool = False) -> jax.Array:
-  """Eval-mode log-probabilities; with `flip`, of the mean of the image's and its mirror's
-  probabilities (horizontal-flip test-time augmentation, twice the forward cost)."""
-  logp = jax.nn.log_softmax(model.apply(variables, images, train=False).astype(jnp.float32))
-  if not flip:
-    return logp
-  mirrored = jax.nn.log_softmax(
-      model.apply(variables, images[:, :, ::-1], train=False).astype(jnp.float32))
-  return jnp.logaddexp(logp, mirrored) - jnp.log(2.0)
+def translate(images: jax.Array, dy: int, dx: int, fill: jax.Array) -> jax.Array:
+  """`images` [N, H, W, C] moved down by dy and right by dx pixels (negative: up, left), the
+  uncovered border set to `fill` [C] (the pixel value training's pad-and-crop pads with)."""
+  _, h, w, _ = images.shape
+  out = jnp.broadcast_to(jnp.asarray(fill, images.dtype), images.shape)
+  return out.at[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)].set(
+      images[:, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)])
 
 
-def eval_step(variable_sets: dict, sums: dict, batch: dict, *, model, flip: bool = False) -> dict:
+def tta_views(images: jax.Array, flip: bool = False, shift: int = 0,
+              fill: jax.Array | None = None) -> list[jax.Array]:
+  """The views test-time augmentation averages: the image; with `shift`, its four translations
+  by `shift` pixels (up, down, left, right; border `fill`, default 0); with `flip`, the mirror
+  of each of these."""
+  views = [images]
+  if shift:
+    fill = jnp.zeros(images.shape[-1]) if fill is None else fill
+    views += [translate(images, dy, dx, fill)
+              for dy, dx in ((shift, 0), (-shift, 0), (0, shift), (0, -shift))]
+  if flip:
+    views += [v[:, :, ::-1] for v in views]
+  return views
+
+
+def predict_log_probs(model, variables, images: jax.Array, flip: bool = False, shift: int = 0,
+                      fill: jax.Array | None = None) -> jax.Array:
+  """Eval-mode log-probabilities; with `flip` and/or `shift`, of the mean of the probabilities of
+  the tta_views (horizontal-flip and translation test-time augmentation: one forward per view)."""
+  logps = [jax.nn.log_softmax(model.apply(variables, v, train=False).astype(jnp.float32))
+           for v in tta_views(images, flip, shift, fill)]
+  if len(logps) == 1:
+    return logps[0]
+  return functools.reduce(jnp.logaddexp, logps) - jnp.log(float(len(logps)))
+
+
+def eval_step(variable_sets: dict, sums: dict, batch: dict, *, model, flip: bool = False,
+              shift: int = 0, fill=None) -> dict:
   """Adds masked sums for each named variable set; padded examples (mask False) count nowhere."""
   mask = batch['mask'].astype(jnp.float32)
   out = {}
   for name, variables in variable_sets.items():
-    logits = predict_log_probs(model, variables, batch['image'], flip)
+    logits = predict_log_probs(model, variables, batch['image'], flip, shift, fill)
     losses = cross_entropy(logits, {'label': batch['label']}, 0.0)
     s = sums[name]
     out[name] = {
@@ -44,10 +70,13 @@ def eval_step(variable_sets: dict, sums: dict, batch: dict, *, model, flip: bool
   return out
 
 
-def create_eval_step(model, mesh, pixel_norm=None, flip: bool = False):
-  """`eval_step` jitted over `mesh`, sums donated and replicated; `flip`: see predict_log_probs."""
+def create_eval_step(model, mesh, pixel_norm=None, flip: bool = False, shift: int = 0,
+                     fill=None):
+  """`eval_step` jitted over `mesh`, sums donated and replicated; `flip`, `shift` and `fill`
+  (the normalised value of a zero pixel, for shifted views): see tta_views."""
   repl, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  step = normalizing_pixels(functools.partial(eval_step, model=model, flip=flip), pixel_norm)
+  step = normalizing_pixels(
+      functools.partial(eval_step, model=model, flip=flip, shift=shift, fill=fill), pixel_norm)
   return jax.jit(step, in_shardings=(repl, repl, sharded),
                  out_shardings=repl, donate_argnums=(1,))
 

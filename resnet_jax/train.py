@@ -126,7 +126,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           train_size=None if size == config.data.image_size else size)
     return size, train_fns[size]
 
-  eval_fn = create_eval_step(model, mesh, pixel_norm, flip=config.eval_flip)
+  eval_fn = create_eval_step(
+      model, mesh, pixel_norm, flip=config.eval_flip, shift=config.eval_shift,
+      fill=pipeline.zero_pixel(config.data) if config.eval_shift else None)
 
   # ---- loop --------------------------------------------------------------------------------
   writer = metrics.MetricWriter(workdir, tensorboard=config.log.tensorboard, enabled=is_main)

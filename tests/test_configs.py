@@ -77,6 +77,7 @@ def broken(**changes):
     ({'model.name': 'resnet_51'}, 'model.name', 'did you mean'),
     ({'data.name': 'digitz'}, 'data.name', 'did you mean digits'),
     ({'optim.schedule': 'cosin'}, 'optim.schedule', 'one of'),
+    ({'eval_shift': -1}, 'eval_shift', r'pixels in \[0, '),
 ])
 def test_mistakes_name_field_value_and_fix(changes, field, message):
   with pytest.raises(ConfigError, match=message) as error:

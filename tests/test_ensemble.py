@@ -41,6 +41,9 @@ def test_members_reproduce_their_runs_and_ensemble_is_reported(two_runs, tmp_pat
   assert ensemble.main([a, b, '--flip', '--json', str(path)]) == 0
   assert 'ensemble of 2' in capsys.readouterr().out
   assert json.loads(path.read_text())['flip'] is True
+  assert ensemble.main([a, '--shift', '1', '--json', str(path)]) == 0
+  assert '(TTA: 1 px shifts)' in capsys.readouterr().out
+  assert json.loads(path.read_text())['shift'] == 1
 
 
 def test_runs_on_different_data_are_refused(two_runs, tmp_path, capsys):

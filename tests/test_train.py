@@ -220,6 +220,55 @@ def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
                              -np.mean(np.log(probs[np.arange(64), labels])), rtol=1e-4)
 
 
+def test_translated_views_fill_their_border_as_training_pads():
+  images = np.arange(2 * 4 * 5 * 3, dtype=np.float32).reshape(2, 4, 5, 3)
+  fill = np.array([-1.0, -2.0, -3.0], np.float32)
+  padded = np.broadcast_to(fill, (2, 6, 9, 3)).copy()
+  padded[:, 1:5, 2:7] = images  # 1 px of fill above and below, 2 px left and right.
+  for dy, dx in ((1, 0), (-1, 0), (0, 2), (0, -2), (1, -2)):
+    # Moved down by dy, right by dx: the window of the padded image dy higher, dx further left.
+    want = padded[:, 1 - dy:5 - dy, 2 - dx:7 - dx]
+    np.testing.assert_array_equal(evaluation.translate(jnp.asarray(images), dy, dx, fill), want)
+  views = evaluation.tta_views(jnp.asarray(images), flip=True, shift=1, fill=fill)
+  assert len(views) == 10
+  np.testing.assert_array_equal(views[6], np.asarray(views[1])[:, :, ::-1])
+  assert len(evaluation.tta_views(jnp.asarray(images), shift=2)) == 5
+
+
+def test_shift_tta_on_device_normalised_pixels_equals_shifting_the_raw_pixels():
+  # uint8 batches normalised inside the step, border filled with a normalised black pixel, are
+  # the same views as black-padded raw images normalised on the host (how training pads).
+  from resnet_jax.data.processing import normalize_pixels
+
+  mesh = parallel.create_mesh()
+  model, _, state = tiny_setup(mesh)
+  rng = np.random.default_rng(5)
+  raw = rng.integers(1, 256, (32, 8, 8, 3)).astype(np.uint8)
+  labels = rng.integers(0, 10, 32).astype(np.int32)
+  mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+  fill = normalize_pixels(np.zeros(3, np.uint8), mean, std)
+  variables = jax.device_get(evaluation.eval_variable_sets(state)[''])
+  probs = 0
+  for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)):
+    moved = np.zeros_like(raw)
+    moved[:, max(dy, 0):8 + min(dy, 0), max(dx, 0):8 + min(dx, 0)] = (
+        raw[:, max(-dy, 0):8 - max(dy, 0), max(-dx, 0):8 - max(dx, 0)])
+    for view in (moved, moved[:, :, ::-1]):
+      probs = probs + jax.nn.softmax(model.apply(variables, normalize_pixels(view, mean, std),
+                                                 train=False)) / 10
+  eval_fn = evaluation.create_eval_step(model, mesh, (mean, std), flip=True, shift=1, fill=fill)
+  results = evaluation.evaluate(eval_fn, evaluation.eval_variable_sets(state),
+                                eval_batches(raw, labels, 16), mesh, 32)
+  np.testing.assert_allclose(results['eval/loss'],
+                             -np.mean(np.log(probs[np.arange(32), labels])), rtol=1e-5)
+  np.testing.assert_allclose(results['eval/top1'], np.mean(probs.argmax(-1) == labels), atol=1e-6)
+  # The shifted views change the prediction (the test would pass vacuously otherwise).
+  flip_only = evaluation.evaluate(evaluation.create_eval_step(model, mesh, (mean, std), flip=True),
+                                  evaluation.eval_variable_sets(state),
+                                  eval_batches(raw, labels, 16), mesh, 32)
+  assert flip_only['eval/loss'] != pytest.approx(results['eval/loss'], rel=1e-4)
+
+
 def _read_jsonl(path):
   with open(path) as f:
     return [json.loads(line) for line in f]

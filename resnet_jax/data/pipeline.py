@@ -8,7 +8,7 @@ import numpy as np
 from resnet_jax.data import randaugment, sources, stats
 from resnet_jax.data.guard import BadExampleGuard
 from resnet_jax.data.mixing import MixBatch
-from resnet_jax.data.processing import Processor
+from resnet_jax.data.processing import Processor, normalize_pixels
 
 _READ_THREADS = 2  # Decoding threads per process (PIL releases the GIL while decoding).
 # Separate streams for shuffling and augmentation, both derived from the one config seed.
@@ -24,6 +24,13 @@ def mean_std(cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
   """Per-channel mean and std the images are normalised with (on the host or the device)."""
   mean, std = stats.mean_std(sources.stats_name(cfg.name), sources.source_meta(cfg).channels)
   return tuple(mean), tuple(std)
+
+
+def zero_pixel(cfg) -> np.ndarray:
+  """A black (0) pixel normalised [C]: what the CIFAR augmentation pads with, in the units the
+  model sees, so translated test-time views fill their border as training's crops did."""
+  mean, std = mean_std(cfg)
+  return normalize_pixels(np.zeros(len(mean), np.uint8), mean, std)
 
 
 def _processor(cfg, train: bool) -> Processor:
