@@ -52,6 +52,9 @@ def evaluate(workdirs: list[str], flip: bool = False, shift: int = 0,
   from resnet_jax.evaluation import predict_log_probs
 
   members, data_config = _load_members(workdirs)
+  if not 0 <= shift < data_config.image_size // 2:
+    raise ValueError(f'--shift {shift}: expected pixels in [0, {data_config.image_size // 2}) '
+                     f'for {data_config.image_size}-pixel images, e.g. 1.')
   data_config.host_normalize = True  # Float batches: every member sees the same inputs.
   fill = pipeline.zero_pixel(data_config)
   forwards = [jax.jit(lambda v, x, m=model: predict_log_probs(m, v, x, flip, shift, fill))

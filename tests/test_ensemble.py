@@ -44,6 +44,8 @@ def test_members_reproduce_their_runs_and_ensemble_is_reported(two_runs, tmp_pat
   assert ensemble.main([a, '--shift', '1', '--json', str(path)]) == 0
   assert '(TTA: 1 px shifts)' in capsys.readouterr().out
   assert json.loads(path.read_text())['shift'] == 1
+  assert ensemble.main([a, '--shift', '1000']) == 2
+  assert '--shift 1000: expected pixels in [0, ' in capsys.readouterr().err
 
 
 def test_runs_on_different_data_are_refused(two_runs, tmp_path, capsys):
