@@ -46,6 +46,7 @@ def evaluate(workdirs: list[str], flip: bool = False, shift: int = 0,
              batch_size: int = 500) -> dict:
   """{'members': {workdir: top1}, 'ensemble': top1, 'count': n} on the eval split."""
   import jax
+  import tqdm
 
   from resnet_jax import data
   from resnet_jax.data import pipeline
@@ -64,6 +65,9 @@ def evaluate(workdirs: list[str], flip: bool = False, shift: int = 0,
   batches = data.create_eval_iterator(data_config, split=data_config.eval_split,
                                       global_batch_size=batch_size, process_index=0,
                                       process_count=1)
+  # Test-time views multiply the forward passes (10 with --flip --shift): show rate and ETA.
+  bar = tqdm.tqdm(total=data.dataset_info(data_config).num_examples[data_config.eval_split],
+                  unit='img', desc='eval', dynamic_ncols=True)
   for batch in batches:
     mask, labels = np.asarray(batch['mask'], bool), np.asarray(batch['label'])
     probs = [np.exp(np.asarray(f(v, batch['image'])))
@@ -71,6 +75,8 @@ def evaluate(workdirs: list[str], flip: bool = False, shift: int = 0,
     for i, p in enumerate([*probs, np.mean(probs, axis=0)]):
       correct[i] += np.sum((p.argmax(-1) == labels) & mask)
     count += int(mask.sum())
+    bar.update(int(mask.sum()))
+  bar.close()
   top1 = correct / max(count, 1)
   return {'members': dict(zip(workdirs, top1[:-1].tolist(), strict=True)),
           'ensemble': float(top1[-1]), 'count': count, 'flip': flip, 'shift': shift}
