@@ -139,9 +139,11 @@ def _check_values(config, num_devices: int | None) -> None:
     raise ConfigError('cpu_devices', config.cpu_devices, 'an integer >= 0',
                       'use 0 for one virtual CPU device per core, 1 for off.')
   _check_resize_schedule(config.data.resize_schedule)
-  if not 0 <= config.eval_shift < config.data.image_size // 2:
-    raise ConfigError('eval_shift', config.eval_shift,
-                      f'pixels in [0, {config.data.image_size // 2})',
+  from resnet_jax.evaluation import shift_range  # Late, as models above: it imports jax.
+
+  shifts = shift_range(config.data.image_size)
+  if config.eval_shift not in shifts:
+    raise ConfigError('eval_shift', config.eval_shift, f'pixels in [0, {shifts.stop})',
                       'use 0 for off or e.g. 1 (within data.crop_padding).')
   if config.checkpoint.keep_best < 0:
     raise ConfigError('checkpoint.keep_best', config.checkpoint.keep_best, 'an integer >= 0',

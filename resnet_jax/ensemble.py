@@ -50,11 +50,12 @@ def evaluate(workdirs: list[str], flip: bool = False, shift: int = 0,
 
   from resnet_jax import data
   from resnet_jax.data import pipeline
-  from resnet_jax.evaluation import predict_log_probs
+  from resnet_jax.evaluation import predict_log_probs, shift_range
 
   members, data_config = _load_members(workdirs)
-  if not 0 <= shift < data_config.image_size // 2:
-    raise ValueError(f'--shift {shift}: expected pixels in [0, {data_config.image_size // 2}) '
+  shifts = shift_range(data_config.image_size)
+  if shift not in shifts:
+    raise ValueError(f'--shift {shift}: expected pixels in [0, {shifts.stop}) '
                      f'for {data_config.image_size}-pixel images, e.g. 1.')
   data_config.host_normalize = True  # Float batches: every member sees the same inputs.
   fill = pipeline.zero_pixel(data_config)

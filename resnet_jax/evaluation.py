@@ -26,6 +26,12 @@ def translate(images: jax.Array, dy: int, dx: int, fill: jax.Array) -> jax.Array
       images[:, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)])
 
 
+def shift_range(image_size: int) -> range:
+  """The shifts (pixels) a test-time translation of `image_size` images may take: under half
+  the image, so every view keeps some of it."""
+  return range(image_size // 2)
+
+
 def tta_views(images: jax.Array, flip: bool = False, shift: int = 0,
               fill: jax.Array | None = None) -> list[jax.Array]:
   """The views test-time augmentation averages: the image; with `shift`, its four translations
