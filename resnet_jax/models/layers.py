@@ -2,8 +2,9 @@
 
 XLA:CPU runs 1x1 convolutions (two thirds of a bottleneck's layers) well below its matmul
 rate, forward and above all backward; written as a matmul over channels they run at matmul
-speed (measured by `python -m resnet_jax.bench train`, numbers in README). GPUs and TPUs have
-native convolution kernels for which the rewrite buys nothing, hence a per-platform default.
+speed (measured by `python -m resnet_jax.bench train`, numbers in docs/performance.md). GPUs
+and TPUs have native convolution kernels for which the rewrite buys nothing, hence a
+per-platform default.
 
 Inside a loop body (`scan_blocks=True`), XLA:CPU leaves the two gradient convolutions JAX
 derives for a 3x3 convolution in their non-canonical dimension orders (kernel gradient:
@@ -15,7 +16,8 @@ then runs within 4-15% of the unrolled speed (0.22x before).
 
 Both CPU lowerings make the transposing copies their kernel gradients need behind a
 conditional (`_opaque`), where XLA cannot fuse — and recompute — the elementwise producers into
-them: ResNet-50's step 1.34x, ResNet-152 1.18x (README, bench/results/opaque_transposes.json).
+them: ResNet-50's step 1.34x, ResNet-152 1.18x (docs/performance.md,
+bench/results/opaque_transposes.json).
 
 The parameter is the same `kernel` of shape (1, 1, in, out) in every lowering, so checkpoints,
 torchvision conversion and the summary do not depend on the choice.
@@ -100,11 +102,12 @@ def _after(x: jax.Array, grad_x: jax.Array) -> jax.Array:
   every parameter it cannot prove is read for the last time before its update. The input
   gradient reads the kernel but was no ancestor of the kernel's gradient, so XLA:CPU copied
   every kernel at the start of a one-device step (ResNet-50: 102 MB of copies, 21 MB now).
-  Peak memory (`bench train`, README): ResNet-50 b16 -6.6% on one device, -5.3% on two; WRN-16-2
-  b128@28 -28% on two; speed unchanged within noise. Taken per example, g[:, 0, ..., 0],
-  so on a batch-sharded mesh each device reads only its own examples (a scalar of a sharded
-  array would be an all-reduce). Non-finite elements count as 0, so the zero is exact and the
-  kernel gradient has autodiff's values, NaNs included (tested); XLA cannot fold it away.
+  Peak memory (`bench train`, docs/performance.md): ResNet-50 b16 -6.6% on one device, -5.3%
+  on two; WRN-16-2 b128@28 -28% on two; speed unchanged within noise. Taken per example,
+  g[:, 0, ..., 0], so on a batch-sharded mesh each device reads only its own examples (a
+  scalar of a sharded array would be an all-reduce). Non-finite elements count as 0, so the
+  zero is exact and the kernel gradient has autodiff's values, NaNs included (tested); XLA
+  cannot fold it away.
   """
   g = jax.lax.stop_gradient(grad_x)[(slice(None),) + (0,) * (grad_x.ndim - 1)]
   zero = exact_zero(g)
