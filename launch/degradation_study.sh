@@ -5,7 +5,7 @@
 #   launch/degradation_study.sh [OUT_DIR] [--config.field=value ...]
 #
 # OUT_DIR (default results/degradation) gets one workdir per network, report.png/report.md and
-# train_top1_error.png. About 30 minutes on 2 cores. Re-running resumes each network from its
+# train_top1_error.png. About 25-30 minutes on 2 cores. Re-running resumes each network from its
 # newest checkpoint (a finished one is only evaluated again), so an interrupted study goes on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
