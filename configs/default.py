@@ -53,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv_impl = 'auto'  # Convolution lowering: auto (cpu on CPU) | xla | matmul | cpu.
   config.model.scan_blocks = False  # nn.scan over repeated blocks: faster compiles of deep nets.
   config.model.remat = False  # Recompute each block in the backward pass to save memory.
+  # With remat, how many leading bottleneck stages keep only their input and narrow 3x3 outputs
+  # (less memory: models/remat.py, remat_chain); -1 = the model's own (1), 0 = none.
+  config.model.remat_chain_stages = -1
   # Store every k-th block output of residual chains longer than 8 blocks (faster on XLA:CPU,
   # see ResNet._stored_blocks); -1 = the model's own choice (2 on CPU), 0 = never.
   config.model.store_every = -1

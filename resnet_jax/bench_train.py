@@ -320,7 +320,9 @@ def run(args) -> dict:
   if len(variants) == 1:
     return {**result, **medians[variants[0][0]]}
   base = variants[0][0]
-  result['variants'] = {name: {'fields': fields, **medians[name]} for name, fields in variants}
+  result['variants'] = {name: {'fields': fields, **medians[name],
+                               'rounds_images_per_sec': [r['images_per_sec'] for r in runs[name]]}
+                        for name, fields in variants}
   result['speedup_vs_' + base] = {
     name: medians[name]['images_per_sec'] / medians[base]['images_per_sec'] for name in medians
   }

@@ -27,7 +27,7 @@ def create_model_from_config(config: ml_collections.ConfigDict, num_classes: int
   # Fields at their "unset" value are not passed, so each model keeps its own default (GoogLeNet's
   # BN epsilon is 1e-3, Keras' momentum 0.99) and families without the option still build.
   unset = {'bn_momentum': -1.0, 'bn_epsilon': -1.0, 'conv_impl': 'auto', 'scan_blocks': False,
-           'remat': False, 'store_every': -1}
+           'remat': False, 'remat_chain_stages': -1, 'store_every': -1}
   fields = {k: v for k, v in config.model.items() if k != 'name' and unset.get(k, None) != v}
   return create_model(
       config.model.name, num_classes=num_classes,

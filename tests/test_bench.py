@@ -17,6 +17,7 @@ def test_train_reports_the_documented_keys_and_variant_ratios(tmp_path):
   for result in out['variants'].values():
     assert result['images_per_sec'] > 0 and result['compile_s'] > 0 and result['step_s'] > 0
     assert result['peak_memory_bytes'] > 0 and result['step_gflops'] > 0
+    assert result['rounds_images_per_sec'] == [result['images_per_sec']]  # --repeat 1
   assert out['speedup_vs_a']['a'] == 1.0
 
 

@@ -151,23 +151,33 @@ class Bottleneck(Block):
   expansion = 4
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    width = self.bottleneck_width()
-    s1, s3 = self.bottleneck_strides()
-    y = self.conv(width, (1, 1), strides=(s1, s1), name='conv1')(x)
-    y = self.act(self.norm(name='bn1')(y))
-    y = self.conv(
-      width, (3, 3), strides=(s3, s3), padding=_pad(1), feature_group_count=self.groups,
-      name='conv2',
-    )(y)
-    y = self.act(self.norm(name='bn2')(y))
-    y = self.conv(self.planes * self.expansion, (1, 1), name='conv3')(y)
+  def __call__(self, x: jnp.ndarray, narrow: jnp.ndarray | None = None,
+               return_narrow: bool = False):
+    """The block's output; `narrow` is the 3x3 stage's activated output (width channels).
+
+    Given `narrow`, only the block's tail runs: conv3, bn3, squeeze-excitation, the shortcut
+    from `x`, the addition and ReLU. return_narrow=True returns (output, narrow). Remat uses
+    both to recompute a stage's wide block outputs from its narrow ones (models/remat.py,
+    remat_chain).
+    """
+    if narrow is None:
+      width = self.bottleneck_width()
+      s1, s3 = self.bottleneck_strides()
+      y = self.conv(width, (1, 1), strides=(s1, s1), name='conv1')(x)
+      y = self.act(self.norm(name='bn1')(y))
+      y = self.conv(
+        width, (3, 3), strides=(s3, s3), padding=_pad(1), feature_group_count=self.groups,
+        name='conv2',
+      )(y)
+      narrow = self.act(self.norm(name='bn2')(y))
+    y = self.conv(self.planes * self.expansion, (1, 1), name='conv3')(narrow)
     y = _se(self, self.norm(name='bn3', scale_init=_last_scale_init(self.zero_init_last))(y))
     if self.shortcut != 'none':
       y = y + shortcut(
         x, self.planes * self.expansion, self.strides, self.shortcut, self.conv, self.norm
       )
-    return self.act(y)
+    y = self.act(y)
+    return (y, narrow) if return_narrow else y
 
 
 class PreActBasicBlock(Block):

@@ -11,6 +11,10 @@ inputs it recomputes from through the incoming gradient (see _untied_from_forwar
 block's forward is recomputed only once its output gradient exists — the order backprop
 needs, one block's activations live at a time. Values, gradients and BatchNorm updates equal
 the plain call (tested).
+
+`remat_chain` goes further for a run of bottleneck blocks: it keeps the run's input and each
+block's narrow tensor (the 3x3 stage's output, a quarter of the block output's width) and
+recomputes the wide block inputs from them in the backward pass.
 """
 
 import flax.linen as nn
@@ -104,3 +108,50 @@ def remat_function(fn, *consts):
   """The same rematerialisation for a function of one array (a pooling), `fn(x, *consts)`."""
   pure = remat_pure(lambda consts, x: (fn(x, *consts), ()))
   return lambda x: pure(consts, x)[0]
+
+
+def remat_chain(blocks, tails):
+  """Rematerialisation of a run of blocks that keeps its input and each block's narrow tensor.
+
+  `blocks[k](consts_k, x) -> (y, narrow, aux)` is block k; `tails[k](consts_k, narrow, x) -> y`
+  recomputes its output from its narrow tensor and its input (for a bottleneck: conv3, BN, the
+  shortcut, the addition, ReLU). Per-block remat keeps every block's input, the previous block's
+  wide output (a bottleneck's is 4x the width of its 3x3 stage). This keeps the run's input and,
+  for every block but the last, the narrow tensor; the backward pass of block k first recomputes
+  its input through the tails of blocks 0..k-1, then block k from it, so at most one recomputed
+  wide input is live at a time. Returns call(consts, x) -> (y, [aux_k]); no loss may read aux.
+  """
+
+  @jax.custom_vjp
+  def call(consts, x):
+    return _run(consts, x)[::2]
+
+  def _run(consts, x):
+    narrows, auxes = [], []
+    for block, c in zip(blocks, consts):
+      x, narrow, aux = block(c, x)
+      narrows.append(narrow)
+      auxes.append(aux)
+    return x, narrows, auxes
+
+  def forward(consts, x):
+    y, narrows, auxes = _run(consts, x)
+    return (y, auxes), (consts, x, narrows[:-1])
+
+  def backward(residuals, grads):
+    consts, x0, narrows = residuals
+    grad = grads[0]  # No loss reads the aux outputs.
+    consts_grads = [None] * len(blocks)
+    for k in reversed(range(len(blocks))):
+      # Every recomputed value must depend on the gradient, the narrow tensors too: conv3 of
+      # a forward narrow tensor would otherwise be merged with the forward's (CSE), which then
+      # keeps each wide conv3 output alive until the backward pass.
+      x, *untied = _untied_from_forward([x0, *narrows[:k]], grad)
+      for tail, c, narrow in zip(tails[:k], consts[:k], untied):
+        x = tail(c, narrow, x)
+      _, vjp_fn = jax.vjp(lambda c, x, k=k: blocks[k](c, x)[0], consts[k], x)
+      consts_grads[k], grad = vjp_fn(grad)
+    return consts_grads, grad
+
+  call.defvjp(forward, backward)
+  return call
