@@ -19,7 +19,13 @@ import jax.numpy as jnp
 from resnet_jax.models.batch_norm import BatchNorm
 from resnet_jax.models.blocks import BLOCKS, SHORTCUTS, _pad
 from resnet_jax.models.layers import CONV_IMPLS, Conv, max_pool_3x3_s2, resolve_conv_impl, stored
-from resnet_jax.models.remat import remat_call, remat_chain, remat_function, remat_pure
+from resnet_jax.models.remat import (
+  remat_call,
+  remat_call_in_order,
+  remat_chain,
+  remat_function,
+  remat_pure,
+)
 from resnet_jax.models.resnest import ResNeStBottleneck
 
 # ResNeSt's block lives in its own module (it imports the shortcut from blocks); no pre-act form.
@@ -58,6 +64,9 @@ def _scan_blocks(block: nn.Module, x: jnp.ndarray, length: int) -> jnp.ndarray:
 
 # Residual chains longer than this store some block outputs (ResNet._stored_blocks).
 LONG_CHAIN = 8
+# With remat, blocks of chains longer than this end their backward pass before the next block's
+# (ResNet._remat_in_order_blocks).
+REMAT_IN_ORDER_CHAIN = 16
 
 
 class ResNet(nn.Module):
@@ -90,7 +99,7 @@ class ResNet(nn.Module):
   # their input and their blocks' narrow 3x3 outputs (remat_chain); 0 = every block's input.
   remat_chain_stages: int = 1
   # Store every k-th block output of a long residual chain as one array (see _stored_blocks);
-  # 0 = never; None = 2 where conv_impl resolves to 'cpu', else 0. Remat stores its own.
+  # 0 = never; None = 2 where conv_impl resolves to 'cpu', else 0. With remat too.
   store_every: int | None = None
 
   def _check(self) -> None:
@@ -147,11 +156,11 @@ class ResNet(nn.Module):
     scanned_cls = nn.remat(block_cls) if self.remat else block_cls
 
     to_store = self._stored_blocks()
+    in_order = self._remat_in_order_blocks()
 
     def apply(block: nn.Module, x):
-      if self.remat:
-        return remat_call(block, x)
-      y = block(x)
+      y = ((remat_call_in_order if block.name in in_order else remat_call)(block, x)
+           if self.remat else block(x))
       params = jax.tree.leaves(block.variables.get('params', {}))
       return stored(y, params[0]) if block.name in to_store and params else y
 
@@ -203,18 +212,39 @@ class ResNet(nn.Module):
     9-block chain through its 'pad' shortcuts) 1.08x, +2% (every output 1.07x, every fourth
     1.02x). Chains of at most 6 blocks gained nothing (ResNet-50 0.97-0.99x at +10-22% memory,
     WRN-16-2 0.99x), hence only chains longer than LONG_CHAIN. A projection shortcut starts a
-    new chain; plain nets have none.
+    new chain; plain nets have none. With remat as well: without the stored outputs its
+    ResNet-152 b8 step ran at 2.23x the plain step's time, with them at 1.23-1.34x
+    (docs/performance.md).
     """
     every = self.store_every
     if every is None:
       every = 2 if resolve_conv_impl(self.conv_impl) == 'cpu' else 0
-    if not every or self.shortcut == 'none':
+    if not every:
       return set()
+    return {name for chain in self._long_chains()
+            for position, name in enumerate(chain, 1) if position % every == 0}
+
+  def _long_chains(self, longer_than: int = LONG_CHAIN) -> list[list[str]]:
+    """Block names of the residual chains longer than `longer_than` blocks (a projection
+    shortcut starts a new chain; plain nets have none)."""
+    if self.shortcut == 'none':
+      return []
     names = [[f'layer{i + 1}_{j}' for j in range(n)] for i, n in enumerate(self.stage_sizes)]
     # 'pad' shortcuts have no parameters: the whole network is one chain.
     chains = [sum(names, [])] if self.shortcut == 'pad' else names
-    return {name for chain in chains if len(chain) > LONG_CHAIN
-            for position, name in enumerate(chain, 1) if position % every == 0}
+    return [chain for chain in chains if len(chain) > longer_than]
+
+  def _remat_in_order_blocks(self) -> set[str]:
+    """Blocks whose remat ends their backward pass before the next block's starts
+    (remat_call_in_order): those of chains longer than REMAT_IN_ORDER_CHAIN, with the CPU
+    lowering, where it was measured (on a mesh the order also serialises each block's gradient
+    all-reduce). Planned peak with remat, tie vs none (bench/results/, 2026-12-07): ResNet-152
+    b8 (layer3: 36 blocks) 0.943 vs 1.673 GB, CIFAR ResNet-110 b128@28 on 2 devices (one
+    54-block chain) 0.250 vs 0.498, ResNet-101 b16 (23) 0.950 vs 1.677; but CIFAR ResNet-56
+    (27) 0.136 vs 0.131 and ResNet-20 (9) 0.078 vs 0.070 on 2 devices."""
+    if resolve_conv_impl(self.conv_impl) != 'cpu':
+      return set()
+    return {name for chain in self._long_chains(REMAT_IN_ORDER_CHAIN) for name in chain}
 
   def _stem(self, x, conv, norm):
     x = _stem_layers(x, conv, norm, self.stem, self.stem_width, self.preact)

@@ -431,3 +431,39 @@ def test_kernels_update_in_place_once_their_input_gradient_has_read_them(monkeyp
   # 1x1 projection); the strided 3x3 keeps XLA's own gradient, and its copy.
   assert tied <= 1 and untied >= 8, (tied, untied)
 
+
+
+def test_remat_in_a_long_chain_ends_each_blocks_backward_before_the_next(monkeypatch):
+  # In a residual chain longer than 16 blocks, each block's input gradient reads its parameter
+  # gradients (remat_call_in_order): XLA:CPU had deferred the kernel gradients of block after
+  # block, with their recomputed activations alive (ResNet-152 b8: 1.67 -> 0.94 GB planned).
+  # Values and gradients stay those of the plain network.
+  from resnet_jax.models import resnet
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+  fields = dict(stage_sizes=(20,), stage_widths=(8,), stem='cifar', stem_width=8,
+                zero_init_residual=False)
+  base = create_model('resnet_tiny', **fields)
+  remat = create_model('resnet_tiny', remat=True, **fields)
+  assert len(remat._remat_in_order_blocks()) == 20
+  assert not create_model('cifar_resnet20', remat=True)._remat_in_order_blocks()
+  v = base.init(jax.random.key(0), x)
+
+  def grads(model):
+    def loss(p):
+      out, _ = model.apply({**v, 'params': p}, x, train=True, mutable=['batch_stats'])
+      return jnp.sum(out**2)
+    return jax.grad(loss)(v['params'])
+
+  errs = jax.tree.map(_rel_err, grads(remat), grads(base))
+  assert max(jax.tree.leaves(errs)) <= 1e-6, errs
+
+  # The trainer's step on 2 devices, planned memory (no timing): 7.4 vs 22.8 MB.
+  def temp_bytes():
+    compiled, _ = compiled_train_step(2, 'resnet_tiny', batch=32, size=16, remat=True,
+                                      stage_sizes=(20,), stage_widths=(16,), stem_width=16)
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  in_order = temp_bytes()
+  monkeypatch.setattr(resnet.ResNet, '_remat_in_order_blocks', lambda self: set())
+  untied = temp_bytes()
+  assert in_order < 0.5 * untied, (in_order, untied)
