@@ -467,3 +467,24 @@ def test_remat_in_a_long_chain_ends_each_blocks_backward_before_the_next(monkeyp
   monkeypatch.setattr(resnet.ResNet, '_remat_in_order_blocks', lambda self: set())
   untied = temp_bytes()
   assert in_order < 0.5 * untied, (in_order, untied)
+
+
+def test_remat_chain_adds_only_its_tails_statistics_to_the_communication():
+  # remat_chain's untying reads per-example values too: beyond per-block remat, the only
+  # all-reduces it adds are the global BatchNorm statistics its tails recompute (block k's
+  # backward runs the tails of blocks 0..k-1: bn3, and the projection's BN for block 0).
+  def all_reduced(chain_stages):
+    compiled, state = compiled_train_step(2, stem='imagenet', block='bottleneck',
+                                          stage_sizes=(3, 1), stage_widths=(8, 16),
+                                          remat=True, remat_chain_stages=chain_stages)
+    return _all_reduced_elements(compiled.as_text()), state.batch_stats
+
+  per_block, batch_stats = all_reduced(0)
+  chained, _ = all_reduced(1)
+
+  def tail_statistics(block):
+    stats = batch_stats[f'layer1_{block}']
+    return sum(x.size for name in ('bn3', 'downsample_bn') if name in stats
+               for x in jax.tree.leaves(stats[name]))
+
+  assert chained == per_block + sum((3 - 1 - j) * tail_statistics(j) for j in range(3))
