@@ -14,3 +14,14 @@ os.environ.setdefault("NO_GCE_CHECK", "true")
 from resnet_jax import xla_flags  # noqa: E402  (imports no jax)
 
 xla_flags.apply_defaults()
+
+# One persistent compilation cache for the whole run, shared by both xdist workers: tests that
+# compile the same program (the same tiny model's train step, the same conversion) load it from
+# disk instead of compiling it again. Executables loaded from it keep their memory and cost
+# analyses, which several tests read. Subprocesses started through resnet_jax.main use their
+# config's compilation_cache_dir instead. A fresh clone starts it empty.
+_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      ".pytest_cache", "xla")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

@@ -5,6 +5,8 @@ here each family compiles once at a small input, forward and backward, in train 
 trainer's exact call (`mutable=['batch_stats'], rngs={'dropout': key}`).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,7 +50,8 @@ def test_forward_backward_finite_and_every_parameter_used(name):
   overrides, size = SMALL[name]
   model = create_model(name, num_classes=5, zero_init_residual=False, **overrides)
   x = jax.random.normal(jax.random.key(1), (4, size, size, 3))
-  variables = model.init(jax.random.key(0), x, train=False)
+  # Jitted: eager init compiles one random-number program per parameter shape (GoogLeNet: 25 s).
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), x)
   kwargs = {'return_aux': True} if name == 'googlenet' else {}
   (loss, updates), grads = _train_loss(model, variables, x, jnp.arange(4) % 5, **kwargs)
   assert np.isfinite(loss)
@@ -62,7 +65,7 @@ def test_forward_backward_finite_and_every_parameter_used(name):
     assert all(jax.tree.leaves(moved))
   else:
     assert not updates.get('batch_stats')  # VGG without BN: empty, kept by the trainer
-  logits = model.apply(variables, x, train=False)
+  logits = jax.jit(functools.partial(model.apply, train=False))(variables, x)
   assert logits.shape == (4, 5) and logits.dtype == jnp.float32
   assert {a.dtype for a in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
 
