@@ -18,9 +18,11 @@ xla_flags.apply_defaults()
 # One persistent compilation cache for the whole run, shared by both xdist workers: tests that
 # compile the same program (the same tiny model's train step, the same conversion) load it from
 # disk instead of compiling it again. Executables loaded from it keep their memory and cost
-# analyses, which several tests read. Subprocesses started through resnet_jax.main use their
-# config's compilation_cache_dir instead. A fresh clone starts it empty; each run after a code
-# change adds up to ~55 MB, which `pytest --cache-clear` removes with the rest of .pytest_cache.
+# analyses, which several tests read. Subprocesses inherit it, except that resnet_jax.main
+# switches to its config's compilation_cache_dir when that is set (the default config sets
+# one); `compilation_cache_dir=''` leaves this one on. A fresh clone starts it empty; each run
+# after a code change adds up to ~55 MB, which `pytest --cache-clear` removes with the rest of
+# .pytest_cache.
 _CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       ".pytest_cache", "xla")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
