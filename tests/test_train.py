@@ -131,6 +131,19 @@ def test_global_batchnorm_8_devices_equals_1():
   assert any(np.abs(x).max() > 0 for x in jax.tree.leaves(stats8))
 
 
+def test_init_values_equal_those_compiled_at_xla_defaults():
+  # create_train_state compiles init at LLVM's O1 on CPU (faster to compile): the parameters
+  # must be those of XLA's default level, bit for bit (kernels normal, the head uniform).
+  mesh = parallel.create_mesh(jax.devices()[:1])
+  model = create_model('resnet_tiny', num_classes=10, zero_init_residual=False)
+  state = steps.create_train_state(model, optax.sgd(0.1), jax.random.key(3), (8, 8, 3), mesh)
+  reference = jax.jit(lambda rng: model.init(
+    {'params': jax.random.split(rng)[0]}, jnp.zeros((1, 8, 8, 3)), train=False))(
+    jax.random.key(3))
+  jax.tree.map(np.testing.assert_array_equal, state.params, reference['params'])
+  jax.tree.map(np.testing.assert_array_equal, state.batch_stats, reference['batch_stats'])
+
+
 def test_train_step_same_update_on_8_and_1_devices():
   local = batch_of(16)
   params = []
