@@ -1,11 +1,22 @@
 """`python -m resnet_jax.bench`: each subcommand runs on a tiny case and writes its JSON keys."""
 
 import json
+import os
+
+import pytest
 
 from resnet_jax import bench
+from tests import fast_compile
 
 TINY = ['--model', 'resnet_tiny', '--batch', '8', '--image-size', '16', '--num-classes', '10',
         '--steps', '2', '--warmup', '1']
+
+
+@pytest.fixture
+def fast_children(monkeypatch):
+  """Child processes (flag, environment and torch comparisons) compile fast: what these tests
+  check is how the children are run and reported, not their speed (tests/fast_compile.py)."""
+  monkeypatch.setenv('XLA_FLAGS', f"{os.environ.get('XLA_FLAGS', '')} {fast_compile.XLA_FLAG}")
 
 
 def test_train_reports_the_documented_keys_and_variant_ratios(tmp_path):
@@ -34,7 +45,7 @@ def test_input_reports_per_core_rates(tmp_path):
   assert isinstance(out['fast_resize'], bool) and isinstance(out['jpeg_partial_decode'], bool)
 
 
-def test_xla_variants_run_in_their_own_processes_with_their_flags(tmp_path):
+def test_xla_variants_run_in_their_own_processes_with_their_flags(tmp_path, fast_children):
   # Two flag sets, one round each, each a child process started with its flags (a device
   # count the parent does not have shows they reached the child's backend).
   out = bench.main(['train', *TINY, '--repeat', '1', '--cpu-devices', '1',
@@ -47,7 +58,7 @@ def test_xla_variants_run_in_their_own_processes_with_their_flags(tmp_path):
   assert out['speedup_vs_one']['one'] == 1.0 and out['speedup_vs_one']['two'] > 0
 
 
-def test_env_variants_run_their_children_with_that_environment():
+def test_env_variants_run_their_children_with_that_environment(fast_children):
   # glibc's defaults against the tuned malloc: each child records the tunables it ran with (the
   # unchanged variant's child re-executes itself with host_malloc's, as training does).
   from resnet_jax import host_malloc
@@ -63,7 +74,6 @@ def test_env_variants_run_their_children_with_that_environment():
 
 
 def test_xla_variant_errors_name_the_argument():
-  import pytest
   with pytest.raises(ValueError, match='NAME=FLAGS'):
     bench.main(['train', *TINY, '--xla-variant', 'noequals'])
   with pytest.raises(ValueError, match='cannot be combined'):
@@ -75,7 +85,6 @@ def test_xla_variant_errors_name_the_argument():
 
 
 def test_torch_reference_reports_images_per_sec():
-  import pytest
   pytest.importorskip('torchvision')
   out = bench.main(['torch', '--model', 'resnet18', '--batch', '2', '--image-size', '32',
                     '--num-classes', '10', '--steps', '1', '--warmup', '1'])
@@ -84,8 +93,7 @@ def test_torch_reference_reports_images_per_sec():
     bench.main(['torch', '--model', 'no_such_net'])
 
 
-def test_vs_torch_alternates_both_frameworks_and_reports_ratios():
-  import pytest
+def test_vs_torch_alternates_both_frameworks_and_reports_ratios(fast_children):
   pytest.importorskip('torchvision')
   out = bench.main(['vs-torch', '--model', 'resnet18', '--batch', '8', '--image-size', '32',
                     '--num-classes', '10', '--steps', '1', '--warmup', '0', '--repeat', '1'])

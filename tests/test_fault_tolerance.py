@@ -16,6 +16,8 @@ import time
 import numpy as np
 import pytest
 
+from tests import fast_compile
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(ROOT, 'tests', 'fault_injection.py')
 TIMEOUT = 120  # Seconds per subprocess: a hang fails the test instead of the suite.
@@ -32,7 +34,8 @@ BASE = {
 def _env(devices: int, **extra) -> dict:
   env = {k: v for k, v in os.environ.items() if not k.startswith('FT_')}
   env.update(JAX_PLATFORMS='cpu', TFDS_DISABLE_GCS='1', PYTHONUNBUFFERED='1',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+             # Control flow under test, not arithmetic: compiled fast (tests/fast_compile.py).
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} {fast_compile.XLA_FLAG}')
   env.update({k: str(v) for k, v in extra.items()})
   return env
 

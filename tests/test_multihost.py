@@ -29,6 +29,8 @@ import time
 import numpy as np
 import pytest
 
+from tests import fast_compile
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PYTHON = sys.executable
@@ -161,7 +163,9 @@ def free_port() -> int:
 
 def _env(devices_per_process: int) -> dict[str, str]:
   env = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'XLA_'))}
-  env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
+  # Both sides of every comparison run here, compiled fast alike (tests/fast_compile.py).
+  env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process} '
+                       f'{fast_compile.XLA_FLAG}',
              JAX_PLATFORMS='cpu', TFDS_DISABLE_GCS='1', NO_GCE_CHECK='true',
              PYTHONPATH=ROOT + os.pathsep + env.get('PYTHONPATH', ''), PYTHONUNBUFFERED='1')
   return env

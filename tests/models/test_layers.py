@@ -16,6 +16,7 @@ from resnet_jax.models.layers import (
   pointwise_matmul,
   resolve_conv_impl,
 )
+from tests import fast_compile
 from tests.compiled_step import compiled_train_step
 
 
@@ -248,14 +249,14 @@ def test_remat_computes_the_same_values_gradients_and_statistics(stem, block, pr
 
 
 def _compiled_gradient(model, x):
-  """The compiled gradient of a train-mode loss (not run)."""
+  """The compiled gradient of a train-mode loss (not run; tests/fast_compile.py)."""
   v = jax.eval_shape(model.init, jax.random.key(0), x)
 
   def loss(p, batch_stats):
     out, _ = model.apply({'params': p, 'batch_stats': batch_stats}, x, train=True,
                          mutable=['batch_stats'])
     return jnp.sum(out**2)
-  return jax.jit(jax.grad(loss)).lower(v['params'], v['batch_stats']).compile()
+  return fast_compile.jit(jax.grad(loss)).lower(v['params'], v['batch_stats']).compile()
 
 
 def _gradient_temp_bytes(model, x) -> int:
@@ -362,7 +363,7 @@ def test_stored_block_outputs_keep_values_and_end_chained_fusions():
   for k in (1, 4):
     assert max(jax.tree.leaves(jax.tree.map(_rel_err, grads[k][0], grads[0][0]))) <= 1e-6
     jax.tree.map(np.testing.assert_array_equal, grads[k][1], grads[0][1])
-  widest = {k: _widest_fusion(jax.jit(jax.grad(functools.partial(loss, m), has_aux=True))
+  widest = {k: _widest_fusion(fast_compile.jit(jax.grad(functools.partial(loss, m), has_aux=True))
                               .lower(v['params']).compile().as_text())
             for k, m in models.items()}
   assert widest[1] < widest[4] < widest[0], widest

@@ -5,6 +5,8 @@ run with one block per stage: every distinct block, stem, shortcut, width and gr
 compiled and differentiated. Full-depth forwards are compiled in tests/interop (ResNet-152).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from flax import traverse_util
 
 from resnet_jax.models import ResNet, create_model, list_models, model_class, model_fields
+from tests import fast_compile
 
 
 def _shallow_variants():
@@ -34,7 +37,8 @@ def _shallow_variants():
 
 
 def _loss_and_grads(model, x, labels):
-  variables = model.init(jax.random.key(0), x, train=False)
+  # Jitted: eager init and apply compile one small program per operation and shape.
+  variables = fast_compile.jit(functools.partial(model.init, train=False))(jax.random.key(0), x)
 
   def loss_fn(params):
     logits, updates = model.apply(
@@ -44,7 +48,8 @@ def _loss_and_grads(model, x, labels):
     one_hot = jax.nn.one_hot(labels, logits.shape[-1])
     return -jnp.mean(jnp.sum(one_hot * jax.nn.log_softmax(logits), -1)), updates
 
-  (loss, updates), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables['params'])
+  (loss, updates), grads = fast_compile.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+    variables['params'])
   return variables, loss, grads, updates
 
 
@@ -69,7 +74,7 @@ def test_forward_and_gradients_are_finite(name):
   moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), variables['batch_stats'],
                        updates['batch_stats'])
   assert all(jax.tree.leaves(moved))
-  logits = model.apply(variables, x, train=False)
+  logits = fast_compile.jit(functools.partial(model.apply, train=False))(variables, x)
   assert logits.shape == (4, 5) and np.all(np.isfinite(logits))
 
 
@@ -102,9 +107,9 @@ def test_grayscale_input_and_odd_sizes():
   for name, size in [('resnet50d', 33), ('cifar_resnet20', 28), ('resnet18', 37)]:
     fields = model_fields(name)
     model = create_model(name, stage_sizes=(1,) * len(fields['stage_sizes']), num_classes=3)
-    x = jnp.ones((1, size, size, 1))
-    v = model.init(jax.random.key(0), x)
-    assert model.apply(v, x).shape == (1, 3)
+    x = jax.ShapeDtypeStruct((1, size, size, 1), jnp.float32)
+    v = jax.eval_shape(model.init, jax.random.key(0), x)  # Shapes only: nothing to compute.
+    assert jax.eval_shape(model.apply, v, x).shape == (1, 3)
 
 
 def test_init_matches_torchvision_statistics():

@@ -14,6 +14,7 @@ import pytest
 from flax import traverse_util
 
 from resnet_jax.models import create_model
+from tests import fast_compile
 
 # name -> (overrides that keep the compile small, input size)
 SMALL = {
@@ -42,7 +43,7 @@ def _train_loss(model, variables, x, labels, **kwargs):
     loss = sum(-jnp.mean(jnp.sum(one_hot * jax.nn.log_softmax(t), -1)) for t in total)
     return loss, updates
 
-  return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables['params'])
+  return fast_compile.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables['params'])
 
 
 @pytest.mark.parametrize('name', sorted(SMALL))
@@ -51,7 +52,7 @@ def test_forward_backward_finite_and_every_parameter_used(name):
   model = create_model(name, num_classes=5, zero_init_residual=False, **overrides)
   x = jax.random.normal(jax.random.key(1), (4, size, size, 3))
   # Jitted: eager init compiles one random-number program per parameter shape (GoogLeNet: 25 s).
-  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), x)
+  variables = fast_compile.jit(functools.partial(model.init, train=False))(jax.random.key(0), x)
   kwargs = {'return_aux': True} if name == 'googlenet' else {}
   (loss, updates), grads = _train_loss(model, variables, x, jnp.arange(4) % 5, **kwargs)
   assert np.isfinite(loss)
@@ -65,7 +66,7 @@ def test_forward_backward_finite_and_every_parameter_used(name):
     assert all(jax.tree.leaves(moved))
   else:
     assert not updates.get('batch_stats')  # VGG without BN: empty, kept by the trainer
-  logits = jax.jit(functools.partial(model.apply, train=False))(variables, x)
+  logits = fast_compile.jit(functools.partial(model.apply, train=False))(variables, x)
   assert logits.shape == (4, 5) and logits.dtype == jnp.float32
   assert {a.dtype for a in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
 
