@@ -1,5 +1,7 @@
 """Exact parity with torchvision: same weights, same input -> same logits and stage outputs."""
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -81,10 +83,12 @@ def test_logits_and_stages_match_torchvision(name):
 @pytest.mark.parametrize('name', ['resnet18', 'resnext50_32x4d'])
 def test_round_trip_is_bit_exact(name):
   model = create_model(name, num_classes=7)
-  variables = model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), train=False)
-  variables = jax.tree.map(  # non-trivial batch stats so that their mapping is checked too
-    lambda a: a + jax.random.uniform(jax.random.key(2), a.shape), variables
-  )
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(1),
+                          jnp.zeros((1, 32, 32, 3)))
+  # Distinct random values in every leaf, batch statistics too, so that every mapping is
+  # checked (from shapes alone: nothing to compile).
+  rng = np.random.default_rng(2)
+  variables = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes)
   state = to_torchvision(variables, name)
   back = from_torchvision(state, name)
   jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, variables))
@@ -141,7 +145,7 @@ def test_scanned_layout_converts_through_the_unrolled_one():
   x = np.random.default_rng(0).standard_normal((1, 3, 64, 64), dtype=np.float32)
   with torch.no_grad():
     ref = net(torch.from_numpy(x)).numpy()
-  out = create_model('resnet50', scan_blocks=True).apply(
+  out = jax.jit(create_model('resnet50', scan_blocks=True).apply)(
     variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
   assert np.abs(np.asarray(out) - ref).max() <= 1e-4
   back = to_torchvision(variables, 'resnet50', as_torch=False)

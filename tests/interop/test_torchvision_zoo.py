@@ -77,8 +77,9 @@ def test_googlenet_aux_heads_match_torchvision_in_train_mode():
     out = net.train()(torch.from_numpy(x))
   variables = from_torchvision(net.state_dict(), 'googlenet')
   model = create_model('googlenet', aux_logits=True, dropout_rate=0.0, aux_dropout_rate=0.0)
-  ours, _ = model.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)), train=True,
-                        return_aux=True, mutable=['batch_stats'])
+  ours, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, return_aux=True,
+                                             mutable=['batch_stats']))(
+    variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
   for key, ref in [('output', out.logits), ('aux1', out.aux_logits1), ('aux2', out.aux_logits2)]:
     np.testing.assert_allclose(np.asarray(ours[key]), ref.numpy(), atol=1e-4, err_msg=key)
 
