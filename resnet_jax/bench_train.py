@@ -280,8 +280,8 @@ def run_process_variants(args) -> dict:
         out = os.path.join(tmp, f'{name}_{round_}.json')
         runs[name].append(bench.run_child(_child_argv(args), env, out,
                                           f'--{kind}-variant {name} round {round_ + 1}'))
-  keys = ('compile_s', 'step_s', 'images_per_sec', 'gflops_per_sec', 'peak_memory_bytes',
-          'matmul_peak_gflops')
+  keys = ('init_s', 'compile_s', 'step_s', 'images_per_sec', 'gflops_per_sec',
+          'peak_memory_bytes', 'matmul_peak_gflops')
   medians = {name: {k: statistics.median(r[k] for r in rs) for k in keys}
              for name, rs in runs.items()}
   base = variants[0][0]
