@@ -229,9 +229,10 @@ def create_train_step(model, tx, mesh, *, label_smoothing=0.0, grad_accum_steps=
 # compile optimising them. At O1 the values are the same bit for bit and the run time the same,
 # while the compile is 1.4-2.6x faster (2026-12-07, one CPU device, cache off, compile + run:
 # CIFAR ResNet-20 4.75 -> 1.82 s, ResNet-50 7.36 -> 4.67 s, ResNet-152 20.1 -> 14.8 s; at O0
-# runs are up to 6x slower and values differ by an ulp). The train step gains nothing from it
-# (WRN-16-2: compile 4.22 vs 4.13 s, same speed), so only init uses it. GPU/TPU: unmeasured,
-# their defaults.
+# runs are up to 6x slower and values differ by an ulp; bench train's init_s, which includes
+# placing the state: ResNet-50 ~2 s less, docs/performance.md). The train step gains nothing
+# from it (WRN-16-2: compile 4.22 vs 4.13 s, same speed), so only init uses it. GPU/TPU:
+# unmeasured, their defaults.
 CPU_INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 1}
 
 
