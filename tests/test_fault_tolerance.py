@@ -34,7 +34,8 @@ BASE = {
 def _env(devices: int, **extra) -> dict:
   env = {k: v for k, v in os.environ.items() if not k.startswith('FT_')}
   env.update(JAX_PLATFORMS='cpu', TFDS_DISABLE_GCS='1', PYTHONUNBUFFERED='1',
-             # Control flow under test, not arithmetic: compiled fast (tests/fast_compile.py).
+             # Control flow under test, every run (and dump) compiled alike and fast
+             # (tests/fast_compile.py).
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} {fast_compile.XLA_FLAG}')
   env.update({k: str(v) for k, v in extra.items()})
   return env
