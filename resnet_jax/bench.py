@@ -18,6 +18,7 @@ SUBCOMMANDS = {
   'torch': ('resnet_jax.bench_torch', "torchvision's train step on this machine (reference)"),
   'vs-torch': ('resnet_jax.bench_vs_torch', "ours against torchvision's, alternated: ratios"),
   'profile': ('resnet_jax.bench_profile', "the train step's time by op category, pass, stage"),
+  'convs': ('resnet_jax.bench_convs', "each of a model's convolutions alone, ours and torch's"),
 }
 
 

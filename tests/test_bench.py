@@ -105,3 +105,21 @@ def test_vs_torch_alternates_both_frameworks_and_reports_ratios(fast_children):
   for name in ('torch', 'torch_tuned'):
     assert out[name]['ratio_of_medians'] == pytest.approx(ours / out[name]['images_per_sec'])
     assert len(out[name]['ratio_per_round']) == 1
+
+
+def test_convs_times_each_distinct_convolution_of_the_model_against_torch():
+  pytest.importorskip('torch')
+  out = bench.main(['convs', '--model', 'resnet_tiny', '--batch', '4', '--image-size', '16',
+                    '--num-classes', '10', '--steps', '1', '--warmup', '0'])
+  rows = out['convolutions']
+  assert out['distinct_convolutions'] == len(rows)
+  assert out['calls'] == sum(r['count'] for r in rows)
+  stem = [r for r in rows if r['on_image']]  # Its backward: the kernel gradient alone.
+  assert len(stem) == 1 and tuple(stem[0]['input']) == (4, 16, 16, 3)
+  for r in rows:
+    assert r['jax']['forward_ms'] > 0 and r['jax']['backward_ms'] > 0 and r['gflop_forward'] > 0
+    assert r['torch']['forward_ms'] > 0 and r['ratio_backward'] > 0
+  totals = out['jax_totals']
+  assert totals['all']['total_s'] == pytest.approx(
+    totals['1x1']['total_s'] + totals['kxk']['total_s'])
+  assert set(out['ratio_of_totals']) <= {'1x1', 'kxk', 'all'}
