@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Re-install whenever the dependency declaration, the pins or the C extensions change.
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,torch,keras
+EXTRAS ?= dev,torch,keras,onednn
 WORKDIR ?= workdirs/demo
 
 .PHONY: demo test lint bench clean

@@ -83,7 +83,7 @@ def create_eval_step(model, mesh, pixel_norm=None, flip: bool = False, shift: in
   repl, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
   step = normalizing_pixels(
       functools.partial(eval_step, model=model, flip=flip, shift=shift, fill=fill), pixel_norm)
-  return jax.jit(step, in_shardings=(repl, repl, sharded),
+  return jax.jit(parallel.with_abstract_mesh(step, mesh), in_shardings=(repl, repl, sharded),
                  out_shardings=repl, donate_argnums=(1,))
 
 

@@ -11,6 +11,7 @@ to start the processes on one machine, under SLURM and on a Cloud TPU pod slice.
 """
 
 import contextlib
+import functools
 import os
 from typing import Any
 
@@ -97,6 +98,21 @@ def create_mesh(devices: list | None = None) -> Mesh:
   """A 1-D mesh with axis 'data' over `devices` (default: all devices of all processes)."""
   devices = jax.devices() if devices is None else devices
   return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def with_abstract_mesh(fn, mesh: Mesh):
+  """`fn` traced with `mesh` as JAX's abstract mesh, for ops that split themselves over 'data'.
+
+  XLA's partitioner cannot split a foreign-function call (models/onednn_conv.py): it would
+  gather the call's operands onto every device. Such an op reads the abstract mesh while it is
+  traced and runs itself per device under `shard_map` instead.
+  """
+  @functools.wraps(fn)
+  def traced_on_mesh(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+
+  return traced_on_mesh
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:

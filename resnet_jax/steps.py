@@ -217,8 +217,8 @@ def create_train_step(model, tx, mesh, *, label_smoothing=0.0, grad_accum_steps=
   step = normalizing_pixels(resizing_images(step, train_size), pixel_norm)
   repl, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
   # Donating state and metrics lets XLA update them in place: no second copy of the model.
-  return jax.jit(step, in_shardings=(repl, repl, sharded), out_shardings=(repl, repl),
-                 donate_argnums=(0, 1))
+  return jax.jit(parallel.with_abstract_mesh(step, mesh), in_shardings=(repl, repl, sharded),
+                 out_shardings=(repl, repl), donate_argnums=(0, 1))
 
 
 # ---- state init ----------------------------------------------------------------------------

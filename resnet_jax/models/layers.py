@@ -29,12 +29,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax.models import onednn_conv
+
 # xla:      lax.conv_general_dilated everywhere (nn.Conv).
 # matmul:   1x1 convolutions as channel matmuls (a strided 1x1 slices first); others as xla.
 # cpu:      matmul, and stride-1 kxk convolutions with canonical-layout gradient convolutions.
+# onednn:   matmul, and float32 kxk convolutions (any stride) on oneDNN (onednn_conv.py);
+#           cpu where oneDNN is not available on the host.
 # auto:     cpu on CPU, xla on GPU/TPU.
-CONV_IMPLS = ('auto', 'xla', 'matmul', 'cpu')
+CONV_IMPLS = ('auto', 'xla', 'matmul', 'cpu', 'onednn')
 _CANONICAL = ('NHWC', 'HWIO', 'NHWC')
+
+
+def is_cpu_lowering(impl: str) -> bool:
+  """Whether `impl` resolves to a CPU lowering ('cpu' or 'onednn'), under which the models
+  apply their XLA:CPU fusion fixes (stored outputs, stored pool positions, in-order remat)."""
+  return resolve_conv_impl(impl) in ('cpu', 'onednn')
 
 
 def resolve_conv_impl(impl: str) -> str:
@@ -221,13 +231,27 @@ class Conv(nn.Conv):
     )
     is_pointwise = plain and tuple(self.kernel_size) == (1, 1) and self.padding in (
       'SAME', 'VALID', 0, ((0, 0), (0, 0)))
-    if impl in ('matmul', 'cpu') and is_pointwise:
+    if impl in ('matmul', 'cpu', 'onednn') and is_pointwise:
       return self._pointwise(inputs)
     padding = _explicit_padding(self.padding)
+    if impl == 'onednn':
+      compute = self.dtype or jnp.result_type(inputs.dtype, self.param_dtype)
+      if (plain and padding is not None and not self.use_bias and inputs.ndim == 4
+          and jnp.dtype(compute) == jnp.float32 and onednn_conv.available()):
+        return self._onednn(inputs, padding)
+      impl = 'cpu'
     if (impl == 'cpu' and plain and padding is not None and self.strides in (None, 1, (1, 1))
         and not self.use_bias):
       return self._canonical_grads(inputs, padding)
     return super().__call__(inputs)
+
+  def _onednn(self, inputs: jax.Array, padding) -> jax.Array:
+    kernel = self.param('kernel', self.kernel_init,
+                        (*self.kernel_size, inputs.shape[-1], self.features), self.param_dtype)
+    inputs, kernel = self.promote_dtype(inputs, kernel, dtype=self.dtype)
+    strides = self.strides or (1, 1)
+    strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+    return onednn_conv.convolve(inputs, kernel, strides, padding)
 
   def _canonical_grads(self, inputs: jax.Array, padding) -> jax.Array:
     kernel = self.param('kernel', self.kernel_init,

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from resnet_jax.models.batch_norm import BatchNorm
 from resnet_jax.models.blocks import BLOCKS, SHORTCUTS, _pad
-from resnet_jax.models.layers import CONV_IMPLS, Conv, max_pool_3x3_s2, resolve_conv_impl, stored
+from resnet_jax.models.layers import CONV_IMPLS, Conv, is_cpu_lowering, max_pool_3x3_s2, stored
 from resnet_jax.models.remat import (
   remat_call,
   remat_call_in_order,
@@ -99,7 +99,7 @@ class ResNet(nn.Module):
   # their input and their blocks' narrow 3x3 outputs (remat_chain); 0 = every block's input.
   remat_chain_stages: int = 1
   # Store every k-th block output of a long residual chain as one array (see _stored_blocks);
-  # 0 = never; None = 2 where conv_impl resolves to 'cpu', else 0. With remat too.
+  # 0 = never; None = 2 under a CPU lowering ('cpu', 'onednn'), else 0. With remat too.
   store_every: int | None = None
 
   def _check(self) -> None:
@@ -218,7 +218,7 @@ class ResNet(nn.Module):
     """
     every = self.store_every
     if every is None:
-      every = 2 if resolve_conv_impl(self.conv_impl) == 'cpu' else 0
+      every = 2 if is_cpu_lowering(self.conv_impl) else 0
     if not every:
       return set()
     return {name for chain in self._long_chains()
@@ -242,7 +242,7 @@ class ResNet(nn.Module):
     b8 (layer3: 36 blocks) 0.943 vs 1.673 GB, CIFAR ResNet-110 b128@28 on 2 devices (one
     54-block chain) 0.250 vs 0.498, ResNet-101 b16 (23) 0.950 vs 1.677; but CIFAR ResNet-56
     (27) 0.136 vs 0.131 and ResNet-20 (9) 0.078 vs 0.070 on 2 devices."""
-    if resolve_conv_impl(self.conv_impl) != 'cpu':
+    if not is_cpu_lowering(self.conv_impl):
       return set()
     return {name for chain in self._long_chains(REMAT_IN_ORDER_CHAIN) for name in chain}
 
@@ -260,7 +260,7 @@ class ResNet(nn.Module):
     """Whether the max pool's positions are stored behind a conditional (max_pool_3x3_s2's
     `tie`): a fix for XLA:CPU's fusion, so with the CPU lowering only. On GPU a conditional's
     predicate is read by the host, which would add a sync to every step."""
-    return resolve_conv_impl(self.conv_impl) == 'cpu'
+    return is_cpu_lowering(self.conv_impl)
 
   def _remat_stem(self, train: bool) -> bool:
     """Whether remat recomputes the whole ImageNet stem in the backward pass, not just its pool.

@@ -1,0 +1,1 @@
+"""Native kernels called through XLA FFI."""

@@ -1,0 +1,130 @@
+"""conv_impl='onednn': oneDNN's convolutions (XLA FFI) equal XLA's, on one device and a mesh."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import parallel
+from resnet_jax.kernels import onednn
+from resnet_jax.models import create_model, onednn_conv
+from resnet_jax.models.layers import Conv
+
+needs_onednn = pytest.mark.skipif(
+  not onednn_conv.available(), reason=f'oneDNN handlers unavailable: {onednn.status()[1]}')
+
+
+def _rel_err(a, b):
+  return float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
+
+
+def _xla_conv(x, w, strides, padding):
+  return jax.lax.conv_general_dilated(x, w, strides, padding,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@needs_onednn
+@pytest.mark.parametrize('x_shape, kernel, strides, padding', [
+  ((3, 11, 9, 5), (3, 3), (1, 1), ((1, 1), (1, 1))),
+  ((2, 12, 12, 8), (3, 3), (2, 2), ((1, 1), (1, 1))),
+  ((2, 17, 17, 3), (7, 7), (2, 2), ((3, 3), (3, 3))),  # an ImageNet stem on odd sizes
+  ((3, 11, 9, 5), (5, 3), (1, 2), ((2, 1), (0, 2))),  # asymmetric padding and strides
+])
+def test_values_and_gradients_equal_xla_convolution(x_shape, kernel, strides, padding):
+  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, x_shape)
+  w = jax.random.normal(kw, (*kernel, x_shape[-1], 4))
+
+  def ours(x, w):
+    return onednn_conv.conv(x, w, strides, padding, 1)
+
+  y_ref, vjp_ref = jax.vjp(lambda x, w: _xla_conv(x, w, strides, padding), x, w)
+  y, vjp = jax.jit(lambda x, w: jax.vjp(ours, x, w))(x, w)
+  assert y.shape == y_ref.shape and _rel_err(y, y_ref) <= 1e-5
+  g = jax.random.normal(kg, y.shape)
+  for got, want in zip(jax.jit(vjp)(g), vjp_ref(g)):
+    assert got.shape == want.shape and _rel_err(got, want) <= 1e-5
+
+
+@needs_onednn
+def test_non_finite_values_propagate_as_in_xla():
+  x = jax.random.normal(jax.random.key(1), (2, 6, 6, 3)).at[0, 2, 2, 1].set(jnp.nan)
+  w = jax.random.normal(jax.random.key(2), (3, 3, 3, 2))
+  pad = ((1, 1), (1, 1))
+  y = jax.jit(lambda x, w: onednn_conv.conv(x, w, (1, 1), pad, 1))(x, w)
+  np.testing.assert_array_equal(np.isnan(y), np.isnan(_xla_conv(x, w, (1, 1), pad)))
+
+
+def _custom_calls(fn, *args) -> str:
+  return ' '.join(t for t in onednn.TARGETS.values() if t in jax.jit(fn).lower(*args).as_text())
+
+
+@needs_onednn
+def test_the_layer_routes_float32_kxk_convolutions_to_onednn_and_nothing_else():
+  x = jnp.ones((2, 8, 8, 4))
+  cases = {  # Conv fields -> whether oneDNN runs it
+    'kxk': (dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)), use_bias=False), True),
+    'strided': (dict(features=4, kernel_size=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                     use_bias=False), True),
+    'pointwise, a matmul': (dict(features=4, kernel_size=(1, 1), use_bias=False), False),
+    'grouped': (dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
+                     feature_group_count=2, use_bias=False), False),
+    'biased': (dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1))), False),
+    'bfloat16': (dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                      dtype=jnp.bfloat16), False),
+  }
+  for name, (fields, routed) in cases.items():
+    layer, ref = Conv(impl='onednn', **fields), Conv(impl='cpu', **fields)
+    v = layer.init(jax.random.key(0), x)
+    routed_here = bool(_custom_calls(layer.apply, v, x))
+    assert routed_here == routed, name
+    tol = 1e-5 if fields.get('dtype') is None else 2e-2
+    assert _rel_err(jnp.asarray(layer.apply(v, x), jnp.float32),
+                    jnp.asarray(ref.apply(v, x), jnp.float32)) <= tol, name
+
+
+def _loss_and_grads(model, variables, x):
+  def loss(params):
+    y, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                       train=True, mutable=['batch_stats'])
+    return jnp.sum(y ** 2)
+
+  return jax.value_and_grad(loss)(variables['params'])
+
+
+@needs_onednn
+def test_a_train_step_on_a_mesh_splits_the_calls_and_equals_the_cpu_lowering():
+  # conftest's 8 virtual devices; the batch split 8 ways, each device's calls on its shard.
+  mesh = parallel.create_mesh()
+  assert mesh.size == 8
+  x = jax.random.normal(jax.random.key(3), (8, 16, 16, 3))
+  ref = create_model('resnet18', num_classes=10, conv_impl='cpu')
+  ours = create_model('resnet18', num_classes=10, conv_impl='onednn')
+  variables = jax.jit(ref.init)(jax.random.key(0), x)
+  loss_ref, grads_ref = jax.jit(lambda v, x: _loss_and_grads(ref, v, x))(variables, x)
+  fn = jax.jit(parallel.with_abstract_mesh(lambda v, x: _loss_and_grads(ours, v, x), mesh),
+               in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)))
+  x_sharded = jax.device_put(x, parallel.data_sharding(mesh))
+  loss, grads = fn(variables, x_sharded)
+  assert _rel_err(loss, loss_ref) <= 1e-5
+  errs = jax.tree.map(_rel_err, grads, grads_ref)
+  assert max(jax.tree.leaves(errs)) <= 1e-4, errs
+  hlo = fn.lower(variables, x_sharded).compile().as_text()
+  assert 'all-gather' not in hlo  # the partitioner did not gather the calls' operands
+  assert onednn.TARGETS['backward_weights'] in hlo
+
+
+def test_without_onednn_the_layer_keeps_the_cpu_lowering(monkeypatch):
+  monkeypatch.setattr(onednn_conv, 'available', lambda: False)
+  fields = dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)), use_bias=False)
+  x = jnp.ones((2, 8, 8, 4))
+  layer, ref = Conv(impl='onednn', **fields), Conv(impl='cpu', **fields)
+  v = layer.init(jax.random.key(0), x)
+  assert not _custom_calls(layer.apply, v, x)
+  np.testing.assert_array_equal(layer.apply(v, x), ref.apply(v, x))
+
+
+def test_a_missing_onednn_is_reported_with_how_to_install_it(monkeypatch):
+  monkeypatch.setattr(onednn, 'find_onednn', lambda: None)
+  ok, why = onednn._load.__wrapped__()
+  assert not ok and 'pip install -e ".[onednn]"' in why
