@@ -8,6 +8,7 @@
 #include <omp.h>
 
 #include <cstdint>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -120,7 +121,7 @@ ffi::Error Run(Kind kind, void* x_data, void* w_data, void* y_data,
       if (packed != weights) dnnl::reorder(packed, weights).execute(stream, packed, weights);
     }
     stream.wait();
-  } catch (const dnnl::error& e) {
+  } catch (const std::exception& e) {  // dnnl::error, std::bad_alloc: never across the C ABI.
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
   }
   return ffi::Error::Success();
