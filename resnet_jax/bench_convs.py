@@ -14,13 +14,13 @@ result says how much of a step's gap to torch lies in the convolution kernels th
 
 import math
 import statistics
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax import bench_train
 from resnet_jax.models import create_model
 
 
@@ -110,14 +110,8 @@ def forward_gflop(conv: dict, output_shape: tuple[int, ...]) -> float:
 
 
 def _median_ms(fn, steps: int, warmup: int) -> float:
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times) * 1e3
+  bench_train._time_steps(fn, warmup)
+  return statistics.median(bench_train._time_steps(fn, steps)) * 1e3
 
 
 def prepare_ours(conv: dict) -> tuple[tuple[int, ...], dict]:
