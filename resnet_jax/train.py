@@ -17,6 +17,7 @@ from absl import logging
 from resnet_jax import checkpoint, data, metrics, optim, parallel, preemption, progressive
 from resnet_jax.data import pipeline
 from resnet_jax.evaluation import create_eval_step, eval_variable_sets, evaluate
+from resnet_jax.kernels import onednn
 from resnet_jax.steps import create_train_state, create_train_step, zero_train_metrics
 from resnet_jax.warm_start import restore_or_init
 
@@ -29,9 +30,22 @@ def create_model_from_config(config: ml_collections.ConfigDict, num_classes: int
   unset = {'bn_momentum': -1.0, 'bn_epsilon': -1.0, 'conv_impl': 'auto', 'scan_blocks': False,
            'remat': False, 'remat_chain_stages': -1, 'store_every': -1}
   fields = {k: v for k, v in config.model.items() if k != 'name' and unset.get(k, None) != v}
+  _log_onednn(fields.get('conv_impl', 'auto'))
   return create_model(
       config.model.name, num_classes=num_classes,
       dtype=jnp.bfloat16 if config.half_precision else jnp.float32, **fields)
+
+
+def _log_onednn(conv_impl: str) -> None:
+  """Says whether conv_impl='onednn' runs on oneDNN here, and if not why (it falls back)."""
+  from resnet_jax.models import layers, onednn_conv
+  if conv_impl != 'onednn' or layers.resolve_conv_impl(conv_impl) != 'onednn':
+    return
+  if onednn_conv.available():
+    logging.info('conv_impl=onednn: kxk convolutions on oneDNN (%s).', onednn.status()[1])
+  else:
+    logging.warning('conv_impl=onednn: %s; the convolutions run on conv_impl=cpu instead.',
+                    onednn.status()[1])
 
 
 def _check_finite(values: dict[str, float], first_step: int, last_step: int) -> None:

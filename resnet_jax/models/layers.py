@@ -34,8 +34,10 @@ from resnet_jax.models import onednn_conv
 # xla:      lax.conv_general_dilated everywhere (nn.Conv).
 # matmul:   1x1 convolutions as channel matmuls (a strided 1x1 slices first); others as xla.
 # cpu:      matmul, and stride-1 kxk convolutions with canonical-layout gradient convolutions.
-# onednn:   matmul, and float32 kxk convolutions (any stride) on oneDNN (onednn_conv.py);
-#           cpu where oneDNN is not available on the host.
+# onednn:   float32 kxk convolutions (any stride) on oneDNN, and 1x1 as matmuls whose kernel
+#           gradient is oneDNN's (onednn_conv.py); other convolutions, and all where oneDNN
+#           is not available on the host, as cpu; xla on GPU/TPU (oneDNN's kernels are CPU
+#           code), so a CPU recipe that asks for it runs unchanged on an accelerator.
 # auto:     cpu on CPU, xla on GPU/TPU.
 CONV_IMPLS = ('auto', 'xla', 'matmul', 'cpu', 'onednn')
 _CANONICAL = ('NHWC', 'HWIO', 'NHWC')
@@ -51,8 +53,11 @@ def resolve_conv_impl(impl: str) -> str:
   """'auto' -> the lowering measured fastest for the default backend."""
   if impl not in CONV_IMPLS:
     raise ValueError(f'conv_impl={impl!r}: expected one of {CONV_IMPLS}.')
+  on_cpu = jax.default_backend() == 'cpu'
   if impl == 'auto':
-    return 'cpu' if jax.default_backend() == 'cpu' else 'xla'
+    return 'cpu' if on_cpu else 'xla'
+  if impl == 'onednn' and not on_cpu:
+    return 'xla'
   return impl
 
 
@@ -272,7 +277,11 @@ class Conv(nn.Conv):
     bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    y = pointwise_matmul(inputs, kernel[0, 0], self.precision, self.opaque_copies)
+    if (resolve_conv_impl(self.impl) == 'onednn' and inputs.ndim == 4
+        and inputs.dtype == jnp.float32 and onednn_conv.available()):
+      y = onednn_conv.convolve_pointwise(inputs, kernel[0, 0])
+    else:
+      y = pointwise_matmul(inputs, kernel[0, 0], self.precision, self.opaque_copies)
     if bias is not None:
       y = y + bias
     return y

@@ -47,7 +47,8 @@ def _call(target: str, shape, *args, strides, padding, threads):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv(x: jax.Array, kernel: jax.Array, strides, padding, threads: int) -> jax.Array:
   """NHWC x HWIO -> NHWC, float32; `padding` ((top, bottom), (left, right)); oneDNN on
-  `threads` cores."""
+  `threads` cores: the batch split into that many slices on XLA's CPU thread pool (a batch
+  smaller than that runs whole on an OpenMP team)."""
   geometry = dict(strides=strides, padding=padding, threads=threads)
   return _call('forward', output_shape(x.shape, kernel.shape, strides, padding), x, kernel,
                **geometry)
@@ -61,30 +62,65 @@ def _conv_bwd(strides, padding, threads, residuals, grad):
   x, kernel = residuals
   geometry = dict(strides=strides, padding=padding, threads=threads)
   grad_x = _call('backward_data', x.shape, grad, kernel, **geometry)
-  # The kernel gradient is ordered after the input gradient, the kernel's last reader, so that
-  # XLA updates the donated kernel in place instead of copying it first (as layers._after;
-  # one element per example: no communication on a mesh). The handler does not read it.
-  if kernel.size * kernel.dtype.itemsize >= _TIE_MIN_KERNEL_BYTES:
-    after = grad_x[:, 0, 0, 0]
-  else:
-    after = jnp.zeros((1,), jnp.float32)
-  grad_k = _call('backward_weights', kernel.shape, x, grad, after, **geometry)
+  grad_k = _call('backward_weights', kernel.shape, x, grad, _tie(grad_x, kernel), **geometry)
   return grad_x, grad_k
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def convolve(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
-  """`conv` on this process's cores, split over the abstract mesh's 'data' axis if it has one."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def pointwise(x: jax.Array, kernel: jax.Array, threads: int) -> jax.Array:
+  """x @ kernel over the channel axis (a stride-1 1x1 convolution; kernel [in, out]), whose
+  kernel gradient is oneDNN's 1x1 convolution backward-weights primitive.
+
+  The forward pass and the input gradient stay XLA's matmuls (YNNPACK's: level with or faster
+  than oneDNN's on ResNet shapes). The kernel gradient as a matmul contracts over every pixel
+  of the batch, which XLA needs the activation transposed for (layers.pointwise_matmul); oneDNN
+  reduces over NHWC as it is.
+  """
+  return _matmul(x, kernel)
+
+
+def _matmul(x, kernel):
+  return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _pointwise_fwd(x, kernel, threads):
+  return _matmul(x, kernel), (x, kernel)
+
+
+def _pointwise_bwd(threads, residuals, grad):
+  x, kernel = residuals
+  grad_x = _matmul(grad, kernel.T)
+  geometry = dict(strides=(1, 1), padding=((0, 0), (0, 0)), threads=threads)
+  grad_k = _call('backward_weights', (1, 1, *kernel.shape), x, grad, _tie(grad_x, kernel),
+                 **geometry)
+  return grad_x, grad_k[0, 0]
+
+
+pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
+def _tie(grad_x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The kernel gradient's ordering operand: the input gradient (the kernel's last reader), so
+  that XLA updates the donated kernel in place instead of copying it first (as layers._after;
+  one element per example: no communication on a mesh). The handler does not read it."""
+  if kernel.size * kernel.dtype.itemsize >= _TIE_MIN_KERNEL_BYTES:
+    return grad_x.reshape(grad_x.shape[0], -1)[:, 0]
+  return jnp.zeros((1,), jnp.float32)
+
+
+def _per_device(fn, x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """fn(x, kernel, threads=this device's share of the cores), split over the abstract mesh's
+  'data' axis if it has one (the batch split, the kernel replicated)."""
   mesh = jax.sharding.get_abstract_mesh()
   axis = parallel.DATA_AXIS
   devices = 1 if mesh.empty or axis not in mesh.axis_names else mesh.shape[axis]
   # Virtual CPU devices share the process's cores; each device's calls get its share.
   threads = max(1, xla_flags.available_cores() // max(1, min(devices,
                                                               jax.local_device_count())))
-  fn = functools.partial(_conv_positional, strides=tuple(strides), padding=tuple(padding),
-                         threads=threads)
+  fn = functools.partial(fn, threads=threads)
   if devices == 1:
     return fn(x, kernel)
   data = PartitionSpec(axis)
@@ -92,5 +128,20 @@ def convolve(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
                        check_vma=False)(x, kernel)
 
 
+def convolve(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
+  """`conv` on this process's cores, split over the abstract mesh's 'data' axis if it has one."""
+  return _per_device(functools.partial(_conv_positional, strides=tuple(strides),
+                                       padding=tuple(padding)), x, kernel)
+
+
+def convolve_pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`pointwise` (NHWC x [in, out]) on this process's cores, per device as `convolve`."""
+  return _per_device(_pointwise_positional, x, kernel)
+
+
 def _conv_positional(x, kernel, *, strides, padding, threads):
   return conv(x, kernel, strides, padding, threads)
+
+
+def _pointwise_positional(x, kernel, *, threads):
+  return pointwise(x, kernel, threads)

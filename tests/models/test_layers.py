@@ -178,10 +178,13 @@ def test_max_pool_gradient_goes_to_the_first_maximum_as_torch_does():
   assert np.isnan(max_pool_3x3_s2(x)[0, 1, 2, 0])
 
 
-def test_auto_resolves_per_platform():
+def test_auto_resolves_per_platform(monkeypatch):
   assert resolve_conv_impl('auto') == ('cpu' if jax.default_backend() == 'cpu' else 'xla')
   with pytest.raises(ValueError, match='conv_impl'):
     resolve_conv_impl('cudnn')
+  # oneDNN's kernels are CPU code: a CPU recipe's 'onednn' runs XLA's convolutions on a GPU.
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert resolve_conv_impl('onednn') == 'xla' and resolve_conv_impl('cpu') == 'cpu'
 
 
 def test_scanned_blocks_equal_unrolled_and_convert_both_ways():

@@ -1,5 +1,7 @@
 """conv_impl='onednn': oneDNN's convolutions (XLA FFI) equal XLA's, on one device and a mesh."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,19 +26,20 @@ def _xla_conv(x, w, strides, padding):
 
 
 @needs_onednn
+@pytest.mark.parametrize('threads', [1, 2, 3])  # 2, 3: the batch split over XLA's threads
 @pytest.mark.parametrize('x_shape, kernel, strides, padding', [
   ((3, 11, 9, 5), (3, 3), (1, 1), ((1, 1), (1, 1))),
   ((2, 12, 12, 8), (3, 3), (2, 2), ((1, 1), (1, 1))),
   ((2, 17, 17, 3), (7, 7), (2, 2), ((3, 3), (3, 3))),  # an ImageNet stem on odd sizes
   ((3, 11, 9, 5), (5, 3), (1, 2), ((2, 1), (0, 2))),  # asymmetric padding and strides
 ])
-def test_values_and_gradients_equal_xla_convolution(x_shape, kernel, strides, padding):
+def test_values_and_gradients_equal_xla_convolution(x_shape, kernel, strides, padding, threads):
   kx, kw, kg = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, x_shape)
   w = jax.random.normal(kw, (*kernel, x_shape[-1], 4))
 
   def ours(x, w):
-    return onednn_conv.conv(x, w, strides, padding, 1)
+    return onednn_conv.conv(x, w, strides, padding, threads)
 
   y_ref, vjp_ref = jax.vjp(lambda x, w: _xla_conv(x, w, strides, padding), x, w)
   y, vjp = jax.jit(lambda x, w: jax.vjp(ours, x, w))(x, w)
@@ -55,32 +58,43 @@ def test_non_finite_values_propagate_as_in_xla():
   np.testing.assert_array_equal(np.isnan(y), np.isnan(_xla_conv(x, w, (1, 1), pad)))
 
 
-def _custom_calls(fn, *args) -> str:
-  return ' '.join(t for t in onednn.TARGETS.values() if t in jax.jit(fn).lower(*args).as_text())
+def _custom_calls(fn, *args) -> set[str]:
+  text = jax.jit(fn).lower(*args).as_text()
+  return {name for name, target in onednn.TARGETS.items() if target in text}
+
+
+def _value_and_grads(module, v, x):
+  return jax.value_and_grad(lambda v, x: jnp.sum(
+    jnp.asarray(module.apply(v, x), jnp.float32) ** 2), argnums=(0, 1))(v, x)
 
 
 @needs_onednn
-def test_the_layer_routes_float32_kxk_convolutions_to_onednn_and_nothing_else():
-  x = jnp.ones((2, 8, 8, 4))
-  cases = {  # Conv fields -> whether oneDNN runs it
-    'kxk': (dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)), use_bias=False), True),
+def test_the_layer_routes_float32_convolutions_to_onednn_and_nothing_else():
+  x = jax.random.normal(jax.random.key(4), (2, 8, 8, 4))
+  kxk = {'forward', 'backward_data', 'backward_weights'}
+  cases = {  # Conv fields -> the oneDNN calls of its value and gradients
+    'kxk': (dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)), use_bias=False), kxk),
     'strided': (dict(features=4, kernel_size=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
-                     use_bias=False), True),
-    'pointwise, a matmul': (dict(features=4, kernel_size=(1, 1), use_bias=False), False),
+                     use_bias=False), kxk),
+    # A matmul; its kernel gradient, which XLA computes from a transposed copy, on oneDNN.
+    'pointwise': (dict(features=4, kernel_size=(1, 1), use_bias=False), {'backward_weights'}),
+    'strided pointwise': (dict(features=4, kernel_size=(1, 1), strides=(2, 2), use_bias=False),
+                          {'backward_weights'}),
     'grouped': (dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
-                     feature_group_count=2, use_bias=False), False),
-    'biased': (dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1))), False),
+                     feature_group_count=2, use_bias=False), set()),
+    'biased': (dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1))), set()),
+    'biased pointwise': (dict(features=4, kernel_size=(1, 1)), {'backward_weights'}),
     'bfloat16': (dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                      dtype=jnp.bfloat16), False),
+                      dtype=jnp.bfloat16), set()),
   }
-  for name, (fields, routed) in cases.items():
+  for name, (fields, calls) in cases.items():
     layer, ref = Conv(impl='onednn', **fields), Conv(impl='cpu', **fields)
     v = layer.init(jax.random.key(0), x)
-    routed_here = bool(_custom_calls(layer.apply, v, x))
-    assert routed_here == routed, name
+    assert _custom_calls(functools.partial(_value_and_grads, layer), v, x) == calls, name
     tol = 1e-5 if fields.get('dtype') is None else 2e-2
-    assert _rel_err(jnp.asarray(layer.apply(v, x), jnp.float32),
-                    jnp.asarray(ref.apply(v, x), jnp.float32)) <= tol, name
+    got, want = _value_and_grads(layer, v, x), _value_and_grads(ref, v, x)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert _rel_err(g, w) <= tol, name
 
 
 def _loss_and_grads(model, variables, x):
@@ -121,6 +135,7 @@ def test_without_onednn_the_layer_keeps_the_cpu_lowering(monkeypatch):
   layer, ref = Conv(impl='onednn', **fields), Conv(impl='cpu', **fields)
   v = layer.init(jax.random.key(0), x)
   assert not _custom_calls(layer.apply, v, x)
+  assert not _custom_calls(lambda v, x: jax.grad(lambda v: layer.apply(v, x).sum())(v), v, x)
   np.testing.assert_array_equal(layer.apply(v, x), ref.apply(v, x))
 
 
@@ -128,3 +143,14 @@ def test_a_missing_onednn_is_reported_with_how_to_install_it(monkeypatch):
   monkeypatch.setattr(onednn, 'find_onednn', lambda: None)
   ok, why = onednn._load.__wrapped__()
   assert not ok and 'pip install -e ".[onednn]"' in why
+
+
+def test_the_trainer_says_whether_onednn_runs_and_why_not(monkeypatch, caplog):
+  from resnet_jax import train
+  monkeypatch.setattr(onednn_conv, 'available', lambda: False)
+  monkeypatch.setattr(onednn, 'status', lambda: (False, 'oneDNN not found (...)'))
+  with caplog.at_level('INFO'):
+    train._log_onednn('onednn')
+    train._log_onednn('cpu')  # Nothing to say.
+  assert [r.getMessage() for r in caplog.records] == [
+    'conv_impl=onednn: oneDNN not found (...); the convolutions run on conv_impl=cpu instead.']
