@@ -32,6 +32,9 @@ def add_arguments(parser) -> None:
   parser.add_argument('--steps', type=int, default=5, help='timed steps per run (median)')
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps first')
   parser.add_argument('--repeat', type=int, default=2, help='rounds (each runs every side once)')
+  parser.add_argument('--conv-impl', action='append', default=[], metavar='IMPL',
+                      help="our lowering (layers.CONV_IMPLS; default auto); repeat to time "
+                           "several, e.g. --conv-impl cpu --conv-impl onednn")
   parser.add_argument('--memory-format', default='auto',
                       choices=('auto', 'channels_last', 'contiguous'),
                       help="torch's layout; auto = its faster one here (NCHW for ResNet-18/34)")
@@ -43,14 +46,23 @@ def memory_format(args) -> str:
   return 'contiguous' if args.model in CONTIGUOUS_FASTER else 'channels_last'
 
 
+def jax_sides(args) -> list[str]:
+  """Our sides' names: 'jax', or 'jax_<impl>' for each of several --conv-impl."""
+  impls = args.conv_impl or ['auto']
+  return ['jax'] if len(impls) == 1 else [f'jax_{impl}' for impl in impls]
+
+
 def sides(args) -> dict[str, tuple[list[str], dict]]:
   """name -> (bench arguments, environment overrides) of each process of a round."""
   common = ['--model', args.model, '--batch', str(args.batch), '--image-size',
             str(args.image_size), '--num-classes', str(args.num_classes), '--steps',
             str(args.steps), '--warmup', str(args.warmup)]
   torch = ['torch', *common, '--memory-format', memory_format(args)]
+  # Our children re-execute themselves with the tunables.
+  ours = {name: (['train', *common, '--conv-impl', impl], {})
+          for name, impl in zip(jax_sides(args), args.conv_impl or ['auto'])}
   return {
-    'jax': (['train', *common], {}),  # The child re-executes itself with the tunables.
+    **ours,
     'torch': (torch, {'GLIBC_TUNABLES': GLIBC_DEFAULTS}),
     'torch_tuned': (torch, {}),
   }
@@ -72,21 +84,21 @@ def run(args) -> dict:
             'rounds_images_per_sec': [r['images_per_sec'] for r in rs],
             **{k: rs[0][k] for k in keys}}
 
-  jax_keys = ('devices', 'jax', 'glibc_tunables')
+  jax_keys = ('devices', 'jax', 'glibc_tunables', 'conv_impl')
   torch_keys = ('torch', 'threads', 'memory_format', 'glibc_tunables')
-  result = {
-    'model': args.model, 'batch': args.batch, 'image_size': args.image_size,
-    'repeats': args.repeat,
-    'jax': {**summary(runs['jax'], jax_keys),
-            'compile_s': statistics.median(r['compile_s'] for r in runs['jax']),
-            'peak_memory_bytes': runs['jax'][0]['peak_memory_bytes'],
-            'rounds_matmul_peak_gflops': [r['matmul_peak_gflops'] for r in runs['jax']]},
-  }
+  result = {'model': args.model, 'batch': args.batch, 'image_size': args.image_size,
+            'repeats': args.repeat}
+  for side in jax_sides(args):
+    result[side] = {**summary(runs[side], jax_keys),
+                    'compile_s': statistics.median(r['compile_s'] for r in runs[side]),
+                    'peak_memory_bytes': runs[side][0]['peak_memory_bytes'],
+                    'rounds_matmul_peak_gflops': [r['matmul_peak_gflops'] for r in runs[side]]}
   for name in ('torch', 'torch_tuned'):
     result[name] = summary(runs[name], torch_keys)
-    ours = runs['jax']
-    result[name]['ratio_per_round'] = [j['images_per_sec'] / t['images_per_sec']
-                                       for j, t in zip(ours, runs[name])]
-    result[name]['ratio_of_medians'] = (result['jax']['images_per_sec']
-                                        / result[name]['images_per_sec'])
+    for side in jax_sides(args):
+      suffix = '' if side == 'jax' else f'_{side}'  # ratio_per_round, or ..._jax_onednn
+      result[name][f'ratio_per_round{suffix}'] = [
+        j['images_per_sec'] / t['images_per_sec'] for j, t in zip(runs[side], runs[name])]
+      result[name][f'ratio_of_medians{suffix}'] = (result[side]['images_per_sec']
+                                                   / result[name]['images_per_sec'])
   return result

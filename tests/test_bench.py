@@ -107,6 +107,19 @@ def test_vs_torch_alternates_both_frameworks_and_reports_ratios(fast_children):
     assert len(out[name]['ratio_per_round']) == 1
 
 
+def test_vs_torch_times_each_of_several_lowerings_against_the_same_torch_runs(fast_children):
+  pytest.importorskip('torchvision')
+  out = bench.main(['vs-torch', '--model', 'resnet18', '--batch', '8', '--image-size', '32',
+                    '--num-classes', '10', '--steps', '1', '--warmup', '0', '--repeat', '1',
+                    '--conv-impl', 'cpu', '--conv-impl', 'xla'])
+  assert 'jax' not in out
+  for impl in ('cpu', 'xla'):
+    ours = out[f'jax_{impl}']
+    assert ours['conv_impl'] == impl and ours['images_per_sec'] > 0
+    ratio = out['torch'][f'ratio_of_medians_jax_{impl}']
+    assert ratio == pytest.approx(ours['images_per_sec'] / out['torch']['images_per_sec'])
+
+
 def test_convs_times_each_distinct_convolution_of_the_model_against_torch():
   pytest.importorskip('torch')
   out = bench.main(['convs', '--model', 'resnet_tiny', '--batch', '4', '--image-size', '16',
