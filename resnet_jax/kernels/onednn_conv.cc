@@ -116,10 +116,10 @@ std::vector<int64_t> WithBatch(std::vector<int64_t> dims, int64_t batch) {
 }
 
 // Runs the primitive on examples [begin, end) with `omp_threads` OpenMP threads. `packed` is
-// the kernel in oneDNN's layout (forward, backward data); for the kernel gradient, the buffer
-// in oneDNN's layout that receives this slice's gradient.
-void RunSlice(const Call& call, int64_t begin, int64_t end, const memory& packed,
-              int omp_threads) {
+// the kernel in the first slice's oneDNN layout (forward, backward data); for the kernel
+// gradient, the buffer in that layout that receives this slice's gradient. A shorter last
+// slice's primitive may want another layout: then the kernel or gradient is reordered.
+void RunSlice(const Call& call, int64_t begin, int64_t end, memory packed, int omp_threads) {
   omp_set_num_threads(omp_threads);
   auto x_dims = WithBatch(call.x_dims, end - begin);
   auto y_dims = WithBatch(call.y_dims, end - begin);
@@ -134,16 +134,22 @@ void RunSlice(const Call& call, int64_t begin, int64_t end, const memory& packed
   memory dst(Plain({y_dims[0], y_dims[3], y_dims[1], y_dims[2]}, memory::format_tag::nhwc),
              engine, call.y + begin * y_example);
   memory scratchpad(entry.scratchpad, engine);
+  bool own_layout = entry.weights != packed.get_desc();
+  memory weights = own_layout ? memory(entry.weights, engine) : packed;
+  if (own_layout && call.kind != Kind::kBackwardWeights) {
+    dnnl::reorder(packed, weights).execute(stream, packed, weights);
+  }
   if (call.kind == Kind::kForward) {
-    entry.primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, packed},
+    entry.primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights},
                                      {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
   } else if (call.kind == Kind::kBackwardData) {
-    entry.primitive.execute(stream, {{DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_WEIGHTS, packed},
+    entry.primitive.execute(stream, {{DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_WEIGHTS, weights},
                                      {DNNL_ARG_DIFF_SRC, src}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
   } else {
     entry.primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, dst},
-                                     {DNNL_ARG_DIFF_WEIGHTS, packed},
+                                     {DNNL_ARG_DIFF_WEIGHTS, weights},
                                      {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    if (own_layout) dnnl::reorder(weights, packed).execute(stream, weights, packed);
   }
   stream.wait();
 }
@@ -168,6 +174,9 @@ void Claim(Slices& slices, int count, Run& run) {
     } catch (const std::exception& e) {
       std::lock_guard<std::mutex> lock(slices.mutex);
       if (slices.error.empty()) slices.error = e.what();
+    } catch (...) {  // Nothing may leave a pool task, nor the caller while tasks may run.
+      std::lock_guard<std::mutex> lock(slices.mutex);
+      if (slices.error.empty()) slices.error = "unknown exception";
     }
     if (slices.done.fetch_add(1) + 1 == count) {
       std::lock_guard<std::mutex> lock(slices.mutex);
