@@ -42,7 +42,7 @@ def _log_onednn(conv_impl: str) -> None:
   if conv_impl != 'onednn' or layers.resolve_conv_impl(conv_impl) != 'onednn':
     return
   if onednn_conv.available():
-    logging.info('conv_impl=onednn: kxk convolutions on oneDNN (%s).', onednn.status()[1])
+    logging.info('conv_impl=onednn: convolutions on oneDNN (%s).', onednn.status()[1])
   else:
     logging.warning('conv_impl=onednn: %s; the convolutions run on conv_impl=cpu instead.',
                     onednn.status()[1])
