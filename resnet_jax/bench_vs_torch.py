@@ -16,6 +16,7 @@ import sys
 import tempfile
 
 from resnet_jax import bench
+from resnet_jax.models.layers import CONV_IMPLS
 
 # glibc's defaults, stated so that the child's host_malloc re-exec leaves them (its opt-out).
 GLIBC_DEFAULTS = 'glibc.malloc.hugetlb=0'
@@ -32,7 +33,7 @@ def add_arguments(parser) -> None:
   parser.add_argument('--steps', type=int, default=5, help='timed steps per run (median)')
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps first')
   parser.add_argument('--repeat', type=int, default=2, help='rounds (each runs every side once)')
-  parser.add_argument('--conv-impl', action='append', default=[], metavar='IMPL',
+  parser.add_argument('--conv-impl', action='append', default=[], choices=CONV_IMPLS,
                       help="our lowering (layers.CONV_IMPLS; default auto); repeat to time "
                            "several, e.g. --conv-impl cpu --conv-impl onednn")
   parser.add_argument('--memory-format', default='auto',
@@ -46,10 +47,10 @@ def memory_format(args) -> str:
   return 'contiguous' if args.model in CONTIGUOUS_FASTER else 'channels_last'
 
 
-def jax_sides(args) -> list[str]:
-  """Our sides' names: 'jax', or 'jax_<impl>' for each of several --conv-impl."""
+def jax_sides(args) -> dict[str, str]:
+  """Our sides' names -> lowering: {'jax': impl}, or 'jax_<impl>' for each of several."""
   impls = args.conv_impl or ['auto']
-  return ['jax'] if len(impls) == 1 else [f'jax_{impl}' for impl in impls]
+  return {'jax': impls[0]} if len(impls) == 1 else {f'jax_{impl}': impl for impl in impls}
 
 
 def sides(args) -> dict[str, tuple[list[str], dict]]:
@@ -60,7 +61,7 @@ def sides(args) -> dict[str, tuple[list[str], dict]]:
   torch = ['torch', *common, '--memory-format', memory_format(args)]
   # Our children re-execute themselves with the tunables.
   ours = {name: (['train', *common, '--conv-impl', impl], {})
-          for name, impl in zip(jax_sides(args), args.conv_impl or ['auto'])}
+          for name, impl in jax_sides(args).items()}
   return {
     **ours,
     'torch': (torch, {'GLIBC_TUNABLES': GLIBC_DEFAULTS}),

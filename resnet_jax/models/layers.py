@@ -236,13 +236,15 @@ class Conv(nn.Conv):
     )
     is_pointwise = plain and tuple(self.kernel_size) == (1, 1) and self.padding in (
       'SAME', 'VALID', 0, ((0, 0), (0, 0)))
+    # oneDNN's handlers take float32 NHWC arrays (onednn_conv.py); else the cpu lowering.
+    compute = self.dtype or jnp.result_type(inputs.dtype, self.param_dtype)
+    on_onednn = (impl == 'onednn' and inputs.ndim == 4 and jnp.dtype(compute) == jnp.float32
+                 and onednn_conv.available())
     if impl in ('matmul', 'cpu', 'onednn') and is_pointwise:
-      return self._pointwise(inputs)
+      return self._pointwise(inputs, on_onednn)
     padding = _explicit_padding(self.padding)
     if impl == 'onednn':
-      compute = self.dtype or jnp.result_type(inputs.dtype, self.param_dtype)
-      if (plain and padding is not None and not self.use_bias and inputs.ndim == 4
-          and jnp.dtype(compute) == jnp.float32 and onednn_conv.available()):
+      if on_onednn and plain and padding is not None and not self.use_bias:
         return self._onednn(inputs, padding)
       impl = 'cpu'
     if (impl == 'cpu' and plain and padding is not None and self.strides in (None, 1, (1, 1))
@@ -264,7 +266,7 @@ class Conv(nn.Conv):
     inputs, kernel = self.promote_dtype(inputs, kernel, dtype=self.dtype)
     return conv_canonical_grads(inputs, kernel, padding, self.precision, self.opaque_copies)
 
-  def _pointwise(self, inputs: jax.Array) -> jax.Array:
+  def _pointwise(self, inputs: jax.Array, on_onednn: bool) -> jax.Array:
     strides = self.strides or (1, 1)
     strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
     # Same name, shape and initialiser as nn.Conv's, so both lowerings share one checkpoint.
@@ -277,8 +279,7 @@ class Conv(nn.Conv):
     bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    if (resolve_conv_impl(self.impl) == 'onednn' and inputs.ndim == 4
-        and inputs.dtype == jnp.float32 and onednn_conv.available()):
+    if on_onednn:  # Its kernel gradient on oneDNN (onednn_conv.pointwise).
       y = onednn_conv.convolve_pointwise(inputs, kernel[0, 0])
     else:
       y = pointwise_matmul(inputs, kernel[0, 0], self.precision, self.opaque_copies)
