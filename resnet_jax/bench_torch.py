@@ -20,12 +20,18 @@ def add_arguments(parser) -> None:
   parser.add_argument('--memory-format', default='channels_last',
                       choices=('channels_last', 'contiguous'),
                       help='channels_last is torch\'s fast CPU layout for convolutions')
+  parser.add_argument('--dtype', default='float32', choices=('bfloat16', 'float32'),
+                      help='compute dtype: bfloat16 runs the forward pass and the loss under '
+                           'torch.autocast (parameters and BatchNorm stay float32), as '
+                           'half_precision runs ours')
   parser.add_argument('--steps', type=int, default=5, help='timed steps (median reported)')
-  parser.add_argument('--warmup', type=int, default=2, help='untimed steps first')
+  parser.add_argument('--warmup', type=int, default=2,
+                      help="untimed steps first (at least one: it records the logits' dtype)")
   parser.add_argument('--repeat', type=int, default=1, help='whole measurements; medians')
 
 
-def _measure(args, torch, torchvision) -> float:
+def _measure(args, torch, torchvision) -> tuple[float, str]:
+  """(median step seconds, the logits' dtype: the compute dtype autocast gave)."""
   torch.manual_seed(0)
   model = getattr(torchvision.models, args.model)(num_classes=args.num_classes)
   images = torch.randn(args.batch, 3, args.image_size, args.image_size)
@@ -39,17 +45,22 @@ def _measure(args, torch, torchvision) -> float:
 
   def step():
     opt.zero_grad(set_to_none=True)
-    torch.nn.functional.cross_entropy(model(images), labels).backward()
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.dtype == 'bfloat16'):
+      logits = model(images)
+      loss = torch.nn.functional.cross_entropy(logits, labels)
+    loss.backward()
     opt.step()
+    return str(logits.dtype)
 
-  for _ in range(args.warmup):
+  logits_dtype = step()  # the first warm-up step (untimed)
+  for _ in range(args.warmup - 1):
     step()
   times = []
   for _ in range(args.steps):
     t = time.perf_counter()
     step()
     times.append(time.perf_counter() - t)
-  return statistics.median(times)
+  return statistics.median(times), logits_dtype
 
 
 def run(args) -> dict:
@@ -60,11 +71,13 @@ def run(args) -> dict:
     raise SystemExit(f'bench torch needs the torch extra (pip install -e ".[torch]"): {e}') from e
   if not hasattr(torchvision.models, args.model):
     raise SystemExit(f'--model {args.model!r} is not a torchvision.models name')
-  step_s = statistics.median(_measure(args, torch, torchvision) for _ in range(args.repeat))
+  runs = [_measure(args, torch, torchvision) for _ in range(args.repeat)]
+  step_s = statistics.median(step for step, _ in runs)
   return {
     'model': args.model, 'batch': args.batch, 'image_size': args.image_size,
-    'memory_format': args.memory_format, 'torch': torch.__version__,
-    'threads': torch.get_num_threads(), 'repeats': args.repeat,
+    'memory_format': args.memory_format, 'dtype': args.dtype,
+    'logits_dtype': runs[0][1].removeprefix('torch.'),  # bfloat16 when autocast took effect
+    'torch': torch.__version__, 'threads': torch.get_num_threads(), 'repeats': args.repeat,
     'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),  # malloc's (host_malloc.py)
     'step_s': step_s, 'images_per_sec': args.batch / step_s,
   }

@@ -125,6 +125,8 @@ def _optim_config() -> ml_collections.ConfigDict:
 def _model(args, **variant_fields):
   fields = {'num_classes': args.num_classes, 'dtype': DTYPES[args.dtype],
             'conv_impl': args.conv_impl, **variant_fields}
+  if isinstance(fields['dtype'], str):  # A variant's dtype=bfloat16.
+    fields['dtype'] = DTYPES[fields['dtype']]
   return create_model(args.model, **fields)
 
 

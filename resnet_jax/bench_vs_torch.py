@@ -30,6 +30,9 @@ def add_arguments(parser) -> None:
   parser.add_argument('--batch', type=int, default=16, help='global batch size')
   parser.add_argument('--image-size', type=int, default=224)
   parser.add_argument('--num-classes', type=int, default=1000)
+  parser.add_argument('--dtype', default='float32', choices=('bfloat16', 'float32'),
+                      help='compute dtype of both sides: bfloat16 is our half_precision and '
+                           "torch's autocast (parameters float32 on both)")
   parser.add_argument('--steps', type=int, default=5, help='timed steps per run (median)')
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps first')
   parser.add_argument('--repeat', type=int, default=2, help='rounds (each runs every side once)')
@@ -57,7 +60,7 @@ def sides(args) -> dict[str, tuple[list[str], dict]]:
   """name -> (bench arguments, environment overrides) of each process of a round."""
   common = ['--model', args.model, '--batch', str(args.batch), '--image-size',
             str(args.image_size), '--num-classes', str(args.num_classes), '--steps',
-            str(args.steps), '--warmup', str(args.warmup)]
+            str(args.steps), '--warmup', str(args.warmup), '--dtype', args.dtype]
   torch = ['torch', *common, '--memory-format', memory_format(args)]
   # Our children re-execute themselves with the tunables.
   ours = {name: (['train', *common, '--conv-impl', impl], {})
@@ -85,10 +88,10 @@ def run(args) -> dict:
             'rounds_images_per_sec': [r['images_per_sec'] for r in rs],
             **{k: rs[0][k] for k in keys}}
 
-  jax_keys = ('devices', 'jax', 'glibc_tunables', 'conv_impl')
-  torch_keys = ('torch', 'threads', 'memory_format', 'glibc_tunables')
+  jax_keys = ('devices', 'jax', 'glibc_tunables', 'conv_impl', 'dtype')
+  torch_keys = ('torch', 'threads', 'memory_format', 'glibc_tunables', 'dtype', 'logits_dtype')
   result = {'model': args.model, 'batch': args.batch, 'image_size': args.image_size,
-            'repeats': args.repeat}
+            'dtype': args.dtype, 'repeats': args.repeat}
   for side in jax_sides(args):
     result[side] = {**summary(runs[side], jax_keys),
                     'compile_s': statistics.median(r['compile_s'] for r in runs[side]),

@@ -21,7 +21,8 @@ def fast_children(monkeypatch):
 
 def test_train_reports_the_documented_keys_and_variant_ratios(tmp_path):
   path = tmp_path / 'train.json'
-  out = bench.main(['train', *TINY, '--variant', 'a:', '--variant', 'b:remat=True',
+  # A variant's dtype is a name, as --dtype's.
+  out = bench.main(['train', *TINY, '--variant', 'a:', '--variant', 'b:remat=True,dtype=bfloat16',
                     '--json', str(path)])
   assert json.loads(path.read_text()) == json.loads(json.dumps(out))
   assert out['devices'] == 8 and set(out['variants']) == {'a', 'b'}
@@ -30,6 +31,7 @@ def test_train_reports_the_documented_keys_and_variant_ratios(tmp_path):
     assert result['peak_memory_bytes'] > 0 and result['step_gflops'] > 0
     assert result['rounds_images_per_sec'] == [result['images_per_sec']]  # --repeat 1
   assert out['speedup_vs_a']['a'] == 1.0
+  assert out['variants']['b']['fields'] == {'remat': True, 'dtype': 'bfloat16'}
 
 
 def test_eval_reports_throughput_and_latency():
@@ -89,6 +91,7 @@ def test_torch_reference_reports_images_per_sec():
   out = bench.main(['torch', '--model', 'resnet18', '--batch', '2', '--image-size', '32',
                     '--num-classes', '10', '--steps', '1', '--warmup', '1'])
   assert out['images_per_sec'] > 0 and out['memory_format'] == 'channels_last'
+  assert (out['dtype'], out['logits_dtype']) == ('float32', 'float32')
   with pytest.raises(SystemExit, match='not a torchvision.models name'):
     bench.main(['torch', '--model', 'no_such_net'])
 
@@ -111,11 +114,15 @@ def test_vs_torch_times_each_of_several_lowerings_against_the_same_torch_runs(fa
   pytest.importorskip('torchvision')
   out = bench.main(['vs-torch', '--model', 'resnet18', '--batch', '8', '--image-size', '32',
                     '--num-classes', '10', '--steps', '1', '--warmup', '0', '--repeat', '1',
-                    '--conv-impl', 'cpu', '--conv-impl', 'xla'])
+                    '--conv-impl', 'cpu', '--conv-impl', 'xla', '--dtype', 'bfloat16'])
   assert 'jax' not in out
+  # Both sides in bf16: our half_precision, torch's autocast (which did take effect).
+  assert out['dtype'] == out['torch']['dtype'] == 'bfloat16'
+  assert out['torch']['logits_dtype'] == 'bfloat16'
   for impl in ('cpu', 'xla'):
     ours = out[f'jax_{impl}']
     assert ours['conv_impl'] == impl and ours['images_per_sec'] > 0
+    assert ours['dtype'] == 'bfloat16'
     ratio = out['torch'][f'ratio_of_medians_jax_{impl}']
     assert ratio == pytest.approx(ours['images_per_sec'] / out['torch']['images_per_sec'])
 

@@ -5,8 +5,10 @@
 // distinct geometry's primitive is created once and cached; execution uses a scratchpad
 // allocated per call (user scratchpad mode), so one primitive may run on several threads at
 // once. A call's `threads` (its device's share of the cores) split its batch into slices, each
-// run single-threaded on XLA's own CPU thread pool (see Run). Built and loaded by
-// resnet_jax/kernels/onednn.py.
+// run single-threaded on XLA's own CPU thread pool (see Run). Activations and kernel are float32
+// or bfloat16 (oneDNN's bf16 kernels, accumulating in float32); a kernel gradient is always
+// float32, so the slices' partial gradients are summed and returned without bf16 rounding.
+// Built and loaded by resnet_jax/kernels/onednn.py.
 #include <omp.h>
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -44,29 +47,32 @@ dnnl::engine& Engine() {
 }
 
 // x: NHWC, w: HWIO, y: NHWC (the JAX shapes); strides and (lo, hi) paddings per spatial axis.
-// Primitives are keyed by the OpenMP threads they run on too: oneDNN sizes its work split then.
+// Primitives are keyed by the OpenMP threads they run on too: oneDNN sizes its work split then,
+// and by the activations' data type.
 using Key = std::tuple<int, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
-                       std::vector<int64_t>, int>;
+                       std::vector<int64_t>, int, int>;
 
 std::vector<int64_t> Dims(ffi::Span<const int64_t> d) { return {d.begin(), d.end()}; }
 
 // Creates (once per key) the primitive for `omp_threads` OpenMP threads; the caller has set
-// that many as its thread's OpenMP default.
+// that many as its thread's OpenMP default. `type`: activations' and kernel's data type (the
+// kernel gradient is float32).
 const Entry& Lookup(Kind kind, const std::vector<int64_t>& x, const std::vector<int64_t>& w,
                     const std::vector<int64_t>& y, const std::vector<int64_t>& geometry,
-                    int omp_threads) {
+                    int omp_threads, memory::data_type type) {
   static std::mutex mutex;
   static std::map<Key, std::unique_ptr<Entry>> cache;
-  Key key{static_cast<int>(kind), x, w, y, geometry, omp_threads};
+  Key key{static_cast<int>(kind), x, w, y, geometry, omp_threads, static_cast<int>(type)};
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find(key);
   if (it != cache.end()) return *it->second;
 
   auto& engine = Engine();
-  const auto f32 = memory::data_type::f32;
-  memory::desc src({x[0], x[3], x[1], x[2]}, f32, memory::format_tag::nhwc);
-  memory::desc dst({y[0], y[3], y[1], y[2]}, f32, memory::format_tag::nhwc);
-  memory::desc any_weights({w[3], w[2], w[0], w[1]}, f32, memory::format_tag::any);
+  memory::desc src({x[0], x[3], x[1], x[2]}, type, memory::format_tag::nhwc);
+  memory::desc dst({y[0], y[3], y[1], y[2]}, type, memory::format_tag::nhwc);
+  memory::desc any_weights({w[3], w[2], w[0], w[1]}, type, memory::format_tag::any);
+  memory::desc any_weights_f32({w[3], w[2], w[0], w[1]}, memory::data_type::f32,
+                               memory::format_tag::any);
   memory::dims strides{geometry[0], geometry[1]};
   memory::dims pad_lo{geometry[2], geometry[4]}, pad_hi{geometry[3], geometry[5]};
   dnnl::primitive_attr attr;
@@ -88,7 +94,7 @@ const Entry& Lookup(Kind kind, const std::vector<int64_t>& x, const std::vector<
     entry->scratchpad = pd.scratchpad_desc();
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(
-        engine, algorithm, src, any_weights, dst, strides, pad_lo, pad_hi, forward, attr);
+        engine, algorithm, src, any_weights_f32, dst, strides, pad_lo, pad_hi, forward, attr);
     entry->primitive = dnnl::convolution_backward_weights(pd);
     entry->weights = pd.diff_weights_desc();
     entry->scratchpad = pd.scratchpad_desc();
@@ -96,18 +102,24 @@ const Entry& Lookup(Kind kind, const std::vector<int64_t>& x, const std::vector<
   return *cache.emplace(key, std::move(entry)).first->second;
 }
 
-memory::desc Plain(const std::vector<int64_t>& d, memory::format_tag tag) {
-  return memory::desc({d[0], d[1], d[2], d[3]}, memory::data_type::f32, tag);
+memory::desc Plain(const std::vector<int64_t>& d, memory::format_tag tag,
+                   memory::data_type type) {
+  return memory::desc({d[0], d[1], d[2], d[3]}, type, tag);
 }
 
 // One convolution call's operands. x and y are NHWC, so examples [begin, end) of the batch are
 // one contiguous slice of each.
 struct Call {
   Kind kind;
-  float* x;
-  float* w;  // The HWIO kernel, or the kernel gradient's output.
-  float* y;
+  char* x;
+  void* w;  // The HWIO kernel (of `type`), or the kernel gradient's output (float32).
+  char* y;
   std::vector<int64_t> x_dims, w_dims, y_dims, geometry;
+  memory::data_type type;  // Of x, y and the kernel (float32 or bfloat16).
+  // The kernel's (forward, backward data) or its gradient's (float32) type.
+  memory::data_type weights_type() const {
+    return kind == Kind::kBackwardWeights ? memory::data_type::f32 : type;
+  }
 };
 
 std::vector<int64_t> WithBatch(std::vector<int64_t> dims, int64_t batch) {
@@ -124,15 +136,16 @@ void RunSlice(const Call& call, int64_t begin, int64_t end, memory packed, int o
   auto x_dims = WithBatch(call.x_dims, end - begin);
   auto y_dims = WithBatch(call.y_dims, end - begin);
   const Entry& entry = Lookup(call.kind, x_dims, call.w_dims, y_dims, call.geometry,
-                              omp_threads);
+                              omp_threads, call.type);
   auto& engine = Engine();
   dnnl::stream stream(engine);
-  int64_t x_example = call.x_dims[1] * call.x_dims[2] * call.x_dims[3];
-  int64_t y_example = call.y_dims[1] * call.y_dims[2] * call.y_dims[3];
-  memory src(Plain({x_dims[0], x_dims[3], x_dims[1], x_dims[2]}, memory::format_tag::nhwc),
-             engine, call.x + begin * x_example);
-  memory dst(Plain({y_dims[0], y_dims[3], y_dims[1], y_dims[2]}, memory::format_tag::nhwc),
-             engine, call.y + begin * y_example);
+  int64_t element = static_cast<int64_t>(memory::data_type_size(call.type));
+  int64_t x_example = call.x_dims[1] * call.x_dims[2] * call.x_dims[3] * element;
+  int64_t y_example = call.y_dims[1] * call.y_dims[2] * call.y_dims[3] * element;
+  memory src(Plain({x_dims[0], x_dims[3], x_dims[1], x_dims[2]}, memory::format_tag::nhwc,
+                   call.type), engine, call.x + begin * x_example);
+  memory dst(Plain({y_dims[0], y_dims[3], y_dims[1], y_dims[2]}, memory::format_tag::nhwc,
+                   call.type), engine, call.y + begin * y_example);
   memory scratchpad(entry.scratchpad, engine);
   bool own_layout = entry.weights != packed.get_desc();
   memory weights = own_layout ? memory(entry.weights, engine) : packed;
@@ -202,9 +215,10 @@ ffi::Error Run(ffi::ThreadPool pool, const Call& call, int64_t threads) {
     dnnl::stream stream(engine);
     // oneDNN's kernel layout: any slice's primitive gives it (all slices share the geometry).
     const Entry& first = Lookup(call.kind, WithBatch(call.x_dims, per_slice), call.w_dims,
-                                WithBatch(call.y_dims, per_slice), call.geometry, omp_threads);
+                                WithBatch(call.y_dims, per_slice), call.geometry, omp_threads,
+                                call.type);
     memory weights(Plain({call.w_dims[3], call.w_dims[2], call.w_dims[0], call.w_dims[1]},
-                         memory::format_tag::hwio), engine, call.w);
+                         memory::format_tag::hwio, call.weights_type()), engine, call.w);
     bool is_gradient = call.kind == Kind::kBackwardWeights;
     bool reordered = first.weights != weights.get_desc();
     std::vector<memory> packed;  // Forward/backward data: one, shared. Gradient: one per slice.
@@ -258,32 +272,53 @@ std::vector<int64_t> Geometry(int64_t sh, int64_t sw, int64_t pt, int64_t pb, in
   return {sh, sw, pt, pb, pl, pr};
 }
 
-ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                   ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+// The activations' oneDNN data type, if every operand in `buffers` has it and it is F32 or BF16.
+ffi::ErrorOr<memory::data_type> ActivationType(std::initializer_list<ffi::DataType> buffers) {
+  ffi::DataType first = *buffers.begin();
+  for (ffi::DataType t : buffers) {
+    if (t != first) {
+      return ffi::Unexpected(ffi::Error::InvalidArgument(
+          "oneDNN convolution: operands of different data types"));
+    }
+  }
+  if (first == ffi::DataType::F32) return memory::data_type::f32;
+  if (first == ffi::DataType::BF16) return memory::data_type::bf16;
+  return ffi::Unexpected(ffi::Error::InvalidArgument(
+      "oneDNN convolution: operands must be float32 or bfloat16"));
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
+                   ffi::Result<ffi::AnyBuffer> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                    int64_t pl, int64_t pr, int64_t threads) {
-  Call call{Kind::kForward, x.typed_data(), w.typed_data(), y->typed_data(),
-            Dims(x.dimensions()), Dims(w.dimensions()), Dims(y->dimensions()),
-            Geometry(sh, sw, pt, pb, pl, pr)};
+  auto type = ActivationType({x.element_type(), w.element_type(), y->element_type()});
+  if (type.has_error()) return type.error();
+  Call call{Kind::kForward, static_cast<char*>(x.untyped_data()), w.untyped_data(),
+            static_cast<char*>(y->untyped_data()), Dims(x.dimensions()), Dims(w.dimensions()),
+            Dims(y->dimensions()), Geometry(sh, sw, pt, pb, pl, pr), type.value()};
   return Run(pool, call, threads);
 }
 
-ffi::Error BackwardData(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gy, ffi::Buffer<ffi::F32> w,
-                        ffi::ResultBuffer<ffi::F32> gx, int64_t sh, int64_t sw, int64_t pt,
+ffi::Error BackwardData(ffi::ThreadPool pool, ffi::AnyBuffer gy, ffi::AnyBuffer w,
+                        ffi::Result<ffi::AnyBuffer> gx, int64_t sh, int64_t sw, int64_t pt,
                         int64_t pb, int64_t pl, int64_t pr, int64_t threads) {
-  Call call{Kind::kBackwardData, gx->typed_data(), w.typed_data(), gy.typed_data(),
-            Dims(gx->dimensions()), Dims(w.dimensions()), Dims(gy.dimensions()),
-            Geometry(sh, sw, pt, pb, pl, pr)};
+  auto type = ActivationType({gy.element_type(), w.element_type(), gx->element_type()});
+  if (type.has_error()) return type.error();
+  Call call{Kind::kBackwardData, static_cast<char*>(gx->untyped_data()), w.untyped_data(),
+            static_cast<char*>(gy.untyped_data()), Dims(gx->dimensions()), Dims(w.dimensions()),
+            Dims(gy.dimensions()), Geometry(sh, sw, pt, pb, pl, pr), type.value()};
   return Run(pool, call, threads);
 }
 
 // `after` is not read: it is an operand only so that XLA orders this call after its producer.
-ffi::Error BackwardWeights(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                           ffi::Buffer<ffi::F32> gy, ffi::AnyBuffer after,
-                           ffi::ResultBuffer<ffi::F32> gw, int64_t sh, int64_t sw, int64_t pt,
-                           int64_t pb, int64_t pl, int64_t pr, int64_t threads) {
-  Call call{Kind::kBackwardWeights, x.typed_data(), gw->typed_data(), gy.typed_data(),
-            Dims(x.dimensions()), Dims(gw->dimensions()), Dims(gy.dimensions()),
-            Geometry(sh, sw, pt, pb, pl, pr)};
+ffi::Error BackwardWeights(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer gy,
+                           ffi::AnyBuffer after, ffi::ResultBuffer<ffi::F32> gw, int64_t sh,
+                           int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr,
+                           int64_t threads) {
+  auto type = ActivationType({x.element_type(), gy.element_type()});
+  if (type.has_error()) return type.error();
+  Call call{Kind::kBackwardWeights, static_cast<char*>(x.untyped_data()), gw->typed_data(),
+            static_cast<char*>(gy.untyped_data()), Dims(x.dimensions()), Dims(gw->dimensions()),
+            Dims(gy.dimensions()), Geometry(sh, sw, pt, pb, pl, pr), type.value()};
   return Run(pool, call, threads);
 }
 
@@ -296,19 +331,19 @@ ffi::Error BackwardWeights(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvForward, Forward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() GEOMETRY_ATTRS);
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() GEOMETRY_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvBackwardData, BackwardData,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() GEOMETRY_ATTRS);
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() GEOMETRY_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvBackwardWeights, BackwardWeights,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::F32>>() GEOMETRY_ATTRS);

@@ -34,10 +34,10 @@ from resnet_jax.models import onednn_conv
 # xla:      lax.conv_general_dilated everywhere (nn.Conv).
 # matmul:   1x1 convolutions as channel matmuls (a strided 1x1 slices first); others as xla.
 # cpu:      matmul, and stride-1 kxk convolutions with canonical-layout gradient convolutions.
-# onednn:   float32 kxk convolutions (any stride) on oneDNN, and 1x1 as matmuls whose kernel
-#           gradient is oneDNN's (onednn_conv.py); other convolutions, and all where oneDNN
-#           is not available on the host, as cpu; xla on GPU/TPU (oneDNN's kernels are CPU
-#           code), so a CPU recipe that asks for it runs unchanged on an accelerator.
+# onednn:   float32 and bfloat16 kxk convolutions (any stride) on oneDNN, and 1x1 as matmuls
+#           whose kernel gradient is oneDNN's (onednn_conv.py); other convolutions, and all
+#           where oneDNN is not available on the host, as cpu; xla on GPU/TPU (oneDNN's kernels
+#           are CPU code), so a CPU recipe that asks for it runs unchanged on an accelerator.
 # auto:     cpu on CPU, xla on GPU/TPU.
 CONV_IMPLS = ('auto', 'xla', 'matmul', 'cpu', 'onednn')
 _CANONICAL = ('NHWC', 'HWIO', 'NHWC')
@@ -236,9 +236,11 @@ class Conv(nn.Conv):
     )
     is_pointwise = plain and tuple(self.kernel_size) == (1, 1) and self.padding in (
       'SAME', 'VALID', 0, ((0, 0), (0, 0)))
-    # oneDNN's handlers take float32 NHWC arrays (onednn_conv.py); else the cpu lowering.
-    compute = self.dtype or jnp.result_type(inputs.dtype, self.param_dtype)
-    on_onednn = (impl == 'onednn' and inputs.ndim == 4 and jnp.dtype(compute) == jnp.float32
+    # oneDNN's handlers take float32 or bfloat16 NHWC arrays (onednn_conv.py); else the cpu
+    # lowering.
+    compute = jnp.dtype(self.dtype or jnp.result_type(inputs.dtype, self.param_dtype))
+    on_onednn = (impl == 'onednn' and inputs.ndim == 4
+                 and compute in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
                  and onednn_conv.available())
     if impl in ('matmul', 'cpu', 'onednn') and is_pointwise:
       return self._pointwise(inputs, on_onednn)
@@ -255,7 +257,9 @@ class Conv(nn.Conv):
   def _onednn(self, inputs: jax.Array, padding) -> jax.Array:
     kernel = self.param('kernel', self.kernel_init,
                         (*self.kernel_size, inputs.shape[-1], self.features), self.param_dtype)
-    inputs, kernel = self.promote_dtype(inputs, kernel, dtype=self.dtype)
+    # The kernel goes in as the parameter: oneDNN rounds it to the compute dtype itself and
+    # returns its gradient unrounded (onednn_conv.conv).
+    inputs, _ = self.promote_dtype(inputs, kernel, dtype=self.dtype)
     strides = self.strides or (1, 1)
     strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
     return onednn_conv.convolve(inputs, kernel, strides, padding)
@@ -278,9 +282,10 @@ class Conv(nn.Conv):
       inputs = inputs[:, :: strides[0], :: strides[1], :]
     bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
+    parameter = kernel
     inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    if on_onednn:  # Its kernel gradient on oneDNN (onednn_conv.pointwise).
-      y = onednn_conv.convolve_pointwise(inputs, kernel[0, 0])
+    if on_onednn:  # Its kernel gradient on oneDNN, from the parameter (onednn_conv.pointwise).
+      y = onednn_conv.convolve_pointwise(inputs, parameter[0, 0])
     else:
       y = pointwise_matmul(inputs, kernel[0, 0], self.precision, self.opaque_copies)
     if bias is not None:

@@ -1,12 +1,17 @@
 """2-D convolutions on oneDNN's CPU kernels, with gradients, on one device or a 'data' mesh.
 
-`conv_impl='onednn'` (layers.Conv) sends float32 kxk convolutions here: forward, input gradient
-and kernel gradient each one oneDNN primitive through XLA's FFI (resnet_jax/kernels). Values
-equal XLA's convolution within float32 rounding (the same sums in another order; tested to
-1e-5 relative). On a mesh with a 'data' axis (the trainer's and evaluator's steps set it as the
-abstract mesh: parallel.with_abstract_mesh) the call runs per device under `shard_map`, its
-batch split and the kernel replicated; the kernel gradient is summed over the devices by
-shard_map's own transpose. Without a mesh it runs whole (GSPMD would replicate its operands).
+`conv_impl='onednn'` (layers.Conv) sends float32 and bfloat16 kxk convolutions here: forward,
+input gradient and kernel gradient each one oneDNN primitive through XLA's FFI
+(resnet_jax/kernels). Values equal XLA's convolution within float32 rounding (the same sums in
+another order; tested to 1e-5 relative). In bfloat16 (`half_precision`) the activations are
+bf16 and oneDNN's bf16 kernels accumulate in float32 (about 2x float32's rate on a CPU with
+avx512_bf16: docs/performance.md); the kernel stays a float32 parameter, rounded to bf16 inside
+the call, and its gradient is returned in float32, unrounded.
+
+On a mesh with a 'data' axis (the trainer's and evaluator's steps set it as the abstract mesh:
+parallel.with_abstract_mesh) the call runs per device under `shard_map`, its batch split and
+the kernel replicated; the kernel gradient is summed over the devices by shard_map's own
+transpose. Without a mesh it runs whole (GSPMD would replicate its operands).
 """
 
 import functools
@@ -36,9 +41,9 @@ def output_shape(x_shape, kernel_shape, strides, padding) -> tuple[int, ...]:
   return (n, *out, kernel_shape[-1])
 
 
-def _call(target: str, shape, *args, strides, padding, threads):
+def _call(target: str, shape, dtype, *args, strides, padding, threads):
   (top, bottom), (left, right) = padding
-  fn = jax.ffi.ffi_call(onednn.TARGETS[target], jax.ShapeDtypeStruct(shape, jnp.float32))
+  fn = jax.ffi.ffi_call(onednn.TARGETS[target], jax.ShapeDtypeStruct(shape, dtype))
   return fn(*args, sh=np.int64(strides[0]), sw=np.int64(strides[1]), pt=np.int64(top),
             pb=np.int64(bottom), pl=np.int64(left), pr=np.int64(right),
             threads=np.int64(threads))
@@ -46,12 +51,13 @@ def _call(target: str, shape, *args, strides, padding, threads):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv(x: jax.Array, kernel: jax.Array, strides, padding, threads: int) -> jax.Array:
-  """NHWC x HWIO -> NHWC, float32; `padding` ((top, bottom), (left, right)); oneDNN on
-  `threads` cores: the batch split into that many slices on XLA's CPU thread pool (a batch
-  smaller than that runs whole on an OpenMP team)."""
+  """NHWC x HWIO -> NHWC in x's dtype (float32 or bfloat16; the kernel is rounded to it);
+  `padding` ((top, bottom), (left, right)); oneDNN on `threads` cores: the batch split into
+  that many slices on XLA's CPU thread pool (a batch smaller than that runs whole on an OpenMP
+  team). The kernel's gradient has the kernel's dtype, computed in float32."""
   geometry = dict(strides=strides, padding=padding, threads=threads)
-  return _call('forward', output_shape(x.shape, kernel.shape, strides, padding), x, kernel,
-               **geometry)
+  return _call('forward', output_shape(x.shape, kernel.shape, strides, padding), x.dtype, x,
+               kernel.astype(x.dtype), **geometry)
 
 
 def _conv_fwd(x, kernel, strides, padding, threads):
@@ -61,9 +67,10 @@ def _conv_fwd(x, kernel, strides, padding, threads):
 def _conv_bwd(strides, padding, threads, residuals, grad):
   x, kernel = residuals
   geometry = dict(strides=strides, padding=padding, threads=threads)
-  grad_x = _call('backward_data', x.shape, grad, kernel, **geometry)
-  grad_k = _call('backward_weights', kernel.shape, x, grad, _tie(grad_x, kernel), **geometry)
-  return grad_x, grad_k
+  grad_x = _call('backward_data', x.shape, x.dtype, grad, kernel.astype(x.dtype), **geometry)
+  grad_k = _call('backward_weights', kernel.shape, jnp.float32, x, grad, _tie(grad_x, kernel),
+                 **geometry)
+  return grad_x, grad_k.astype(kernel.dtype)
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
@@ -77,13 +84,18 @@ def pointwise(x: jax.Array, kernel: jax.Array, threads: int) -> jax.Array:
   The forward pass and the input gradient stay XLA's matmuls (YNNPACK's: level with or faster
   than oneDNN's on ResNet shapes). The kernel gradient as a matmul contracts over every pixel
   of the batch, which XLA needs the activation transposed for (layers.pointwise_matmul); oneDNN
-  reduces over NHWC as it is.
+  reduces over NHWC as it is. Dtypes as `conv`'s.
   """
   return _matmul(x, kernel)
 
 
 def _matmul(x, kernel):
-  return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+  """x @ kernel in x's dtype. A bf16 product asks for float32 results: XLA:CPU runs that on
+  YNNPACK's bf16 kernels (~2x float32's rate), but a bf16-result dot as a float32 dot between
+  converts (docs/performance.md)."""
+  y = jax.lax.dot_general(x, kernel.astype(x.dtype), (((x.ndim - 1,), (0,)), ((), ())),
+                          preferred_element_type=jnp.float32)
+  return y.astype(x.dtype)
 
 
 def _pointwise_fwd(x, kernel, threads):
@@ -94,9 +106,9 @@ def _pointwise_bwd(threads, residuals, grad):
   x, kernel = residuals
   grad_x = _matmul(grad, kernel.T)
   geometry = dict(strides=(1, 1), padding=((0, 0), (0, 0)), threads=threads)
-  grad_k = _call('backward_weights', (1, 1, *kernel.shape), x, grad, _tie(grad_x, kernel),
-                 **geometry)
-  return grad_x, grad_k[0, 0]
+  grad_k = _call('backward_weights', (1, 1, *kernel.shape), jnp.float32, x, grad,
+                 _tie(grad_x, kernel), **geometry)
+  return grad_x, grad_k[0, 0].astype(kernel.dtype)
 
 
 pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
