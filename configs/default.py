@@ -50,7 +50,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Running-stats decay in flax's convention (torch's momentum 0.1 is 0.9); -1 = the model's own.
   config.model.bn_momentum = -1.0
   config.model.bn_epsilon = -1.0  # BatchNorm epsilon; -1 = the model's own (ResNet 1e-5).
-  config.model.conv_impl = 'auto'  # auto (cpu on CPU) | xla | matmul | cpu | onednn (CPU).
+  # auto (cpu on CPU; onednn there in bf16 if available) | xla | matmul | cpu | onednn (CPU).
+  config.model.conv_impl = 'auto'
   config.model.scan_blocks = False  # nn.scan over repeated blocks: faster compiles of deep nets.
   config.model.remat = False  # Recompute each block in the backward pass to save memory.
   # With remat, how many leading bottleneck stages keep only their input and narrow 3x3 outputs

@@ -9,7 +9,7 @@ on 2 devices on the ~1.5x slower machine of 2026-12-02.) On a machine where that
 ~470 img/s, 19 epochs fit: `--config.num_epochs=19 --config.eval_every_steps=0` gave 94.95%
 in 40.9 min (results/fashion_mnist_wrn16_2_e19/). Those runs used conv_impl='cpu'; the recipe
 runs on oneDNN's convolutions since (below; `--config.model.conv_impl=cpu` for the old lowering),
-and in bfloat16 since 2026-12-08 (below; `--config.half_precision=False` for float32): 24 epochs
+and in bfloat16 since 2026-12-07 (below; `--config.half_precision=False` for float32): 24 epochs
 gave 95.15% in 45.3 min at ~540 img/s on a slow machine (results/fashion_mnist_wrn16_2_bf16_e24/;
 float32's 24 epochs: 95.04%), hence 22 here.
 """
@@ -26,7 +26,7 @@ def get_config():
   config.cpu_devices = 2  # Since Eigen convolutions (xla_flags): 1 or 2 equal, 4 is 0.93x.
   # oneDNN's 3x3 convolutions (the `onednn` extra): 300 steps end to end 1.38x faster than
   # 'cpu' (bench/results/onednn_fashion_mnist_e2e_2026-12-07.json); 'cpu' where oneDNN is
-  # missing (logged), XLA's own on GPU/TPU. Runs before 2026-12-08 used 'cpu'.
+  # missing (logged), XLA's own on GPU/TPU. README's rows say which lowering each run used.
   config.model.conv_impl = 'onednn'
   # bf16 activations on oneDNN's bf16 kernels (avx512_bf16 CPUs), float32 accumulation and
   # parameters: WRN-16-2 b128@28 1.59x float32's step on oneDNN (bench/results/

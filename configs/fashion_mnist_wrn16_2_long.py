@@ -12,7 +12,7 @@ level with its test accuracy (under-trained, not over-fitting), and WRN-16-4 tra
 WRN-16-2's images/s here (135 vs 381 img/s, `bench train --image-size 28 --batch 128`), i.e.
 ~13 epochs in the same time. Three times the epochs take Random Erasing at the paper's p = 0.5.
 The runs above were float32 (on `cpu`); the base recipe computes in bfloat16 on oneDNN since
-2026-12-08 (~1.6x the speed), which this inherits: `--config.half_precision=False
+2026-12-07 (~1.6x the speed), which this inherits: `--config.half_precision=False
 --config.model.conv_impl=cpu` reproduces them.
 """
 

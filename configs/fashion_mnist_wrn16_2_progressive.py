@@ -7,7 +7,7 @@ with the pixel count. Measured in this run's loop (2026-12-03): 422 / 303 / 234 
 20 / 24 / 28 px, so its 19 epochs cost what 13.9 epochs at 28 px do. Result: 94.54%, level with
 the 16-epoch run's 94.62% at 16 full-size epochs: on Fashion-MNIST the low-resolution epochs buy
 about what they cost, no more (README). That run was float32 on `cpu`; this inherits the base
-recipe's bfloat16 on oneDNN (2026-12-08; `--config.half_precision=False
+recipe's bfloat16 on oneDNN (2026-12-07; `--config.half_precision=False
 --config.model.conv_impl=cpu` for the run's settings).
 """
 

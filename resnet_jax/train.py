@@ -30,22 +30,31 @@ def create_model_from_config(config: ml_collections.ConfigDict, num_classes: int
   unset = {'bn_momentum': -1.0, 'bn_epsilon': -1.0, 'conv_impl': 'auto', 'scan_blocks': False,
            'remat': False, 'remat_chain_stages': -1, 'store_every': -1}
   fields = {k: v for k, v in config.model.items() if k != 'name' and unset.get(k, None) != v}
-  _log_onednn(fields.get('conv_impl', 'auto'))
-  return create_model(
-      config.model.name, num_classes=num_classes,
-      dtype=jnp.bfloat16 if config.half_precision else jnp.float32, **fields)
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  _log_onednn(fields.get('conv_impl', 'auto'), dtype)
+  return create_model(config.model.name, num_classes=num_classes, dtype=dtype, **fields)
 
 
-def _log_onednn(conv_impl: str) -> None:
-  """Says whether conv_impl='onednn' runs on oneDNN here, and if not why (it falls back)."""
-  from resnet_jax.models import layers, onednn_conv
-  if conv_impl != 'onednn' or layers.resolve_conv_impl(conv_impl) != 'onednn':
+def _log_onednn(conv_impl: str, dtype) -> None:
+  """Says whether convolutions meant for oneDNN (conv_impl='onednn', or 'auto' in bfloat16 on
+  CPU) run there, and if not why (they fall back)."""
+  if jax.default_backend() != 'cpu':
     return
-  if onednn_conv.available():
-    logging.info('conv_impl=onednn: convolutions on oneDNN (%s).', onednn.status()[1])
+  bf16_auto = conv_impl == 'auto' and jnp.dtype(dtype) == jnp.bfloat16
+  if conv_impl != 'onednn' and not bf16_auto:
+    return
+  name = 'conv_impl=onednn' if conv_impl == 'onednn' else 'conv_impl=auto in bfloat16'
+  ok, why = onednn.status()  # What onednn_conv.available(dtype) decides from.
+  if ok and jnp.dtype(dtype) == jnp.bfloat16:
+    ok, isa = onednn.native_bf16()
+    why = f'{why}, {isa}' if ok else f'{isa}: no native bf16 convolutions'
+  if ok:
+    logging.info('%s: convolutions on oneDNN (%s).', name, why)
+  elif conv_impl == 'onednn':
+    logging.warning('%s: %s; the convolutions run on conv_impl=cpu instead.', name, why)
   else:
-    logging.warning('conv_impl=onednn: %s; the convolutions run on conv_impl=cpu instead.',
-                    onednn.status()[1])
+    logging.warning("%s: %s; the convolutions run on XLA's, which have no bfloat16 kernels on "
+                    "CPU (about float32's speed).", name, why)
 
 
 def _check_finite(values: dict[str, float], first_step: int, last_step: int) -> None:

@@ -103,3 +103,24 @@ def status() -> tuple[bool, str]:
   """(True, library path) once the handlers are registered, else (False, why not)."""
   with _lock:
     return _load()
+
+
+# dnnl_types.h's dnnl_cpu_isa_avx512_core_bf16: the ISA bits of AVX-512 with its bf16 dot
+# products; the AMX ISAs contain them.
+_ISA_AVX512_CORE_BF16 = 0xE7
+
+
+@functools.cache
+def native_bf16() -> tuple[bool, str]:
+  """(whether oneDNN runs bf16 convolutions on this CPU's own bf16 dot products, its ISA).
+
+  Without avx512_bf16 or AMX oneDNN emulates bf16 or has no bf16 convolution at all, slower
+  than float32 or an error at the first call: bf16 then stays on XLA.
+  """
+  found = find_onednn()
+  if found is None or not status()[0]:
+    return False, 'oneDNN unavailable'
+  library = ctypes.CDLL(os.path.join(found[1], 'libdnnl.so'))
+  isa = int(library.dnnl_get_effective_cpu_isa())
+  native = isa & _ISA_AVX512_CORE_BF16 == _ISA_AVX512_CORE_BF16
+  return native, f'oneDNN CPU ISA {isa:#x} ({"with" if native else "without"} avx512_bf16)'

@@ -34,11 +34,13 @@ from resnet_jax.models import onednn_conv
 # xla:      lax.conv_general_dilated everywhere (nn.Conv).
 # matmul:   1x1 convolutions as channel matmuls (a strided 1x1 slices first); others as xla.
 # cpu:      matmul, and stride-1 kxk convolutions with canonical-layout gradient convolutions.
-# onednn:   float32 and bfloat16 kxk convolutions (any stride) on oneDNN, and 1x1 as matmuls
-#           whose kernel gradient is oneDNN's (onednn_conv.py); other convolutions, and all
-#           where oneDNN is not available on the host, as cpu; xla on GPU/TPU (oneDNN's kernels
-#           are CPU code), so a CPU recipe that asks for it runs unchanged on an accelerator.
-# auto:     cpu on CPU, xla on GPU/TPU.
+# onednn:   float32 and bfloat16 (on CPUs with bf16 instructions) kxk convolutions (any stride)
+#           on oneDNN, and 1x1 as matmuls whose kernel gradient is oneDNN's (onednn_conv.py);
+#           other convolutions, and all where oneDNN is not available on the host, as cpu;
+#           xla on GPU/TPU (oneDNN's kernels are CPU code), so a CPU recipe that asks for it
+#           runs unchanged on an accelerator.
+# auto:     cpu on CPU (onednn for bfloat16 compute where oneDNN is available: XLA:CPU has no
+#           bf16 convolution kernels), xla on GPU/TPU.
 CONV_IMPLS = ('auto', 'xla', 'matmul', 'cpu', 'onednn')
 _CANONICAL = ('NHWC', 'HWIO', 'NHWC')
 
@@ -49,13 +51,22 @@ def is_cpu_lowering(impl: str) -> bool:
   return resolve_conv_impl(impl) in ('cpu', 'onednn')
 
 
-def resolve_conv_impl(impl: str) -> str:
-  """'auto' -> the lowering measured fastest for the default backend."""
+def resolve_conv_impl(impl: str, dtype=None) -> str:
+  """'auto' -> the lowering measured fastest for the default backend and compute `dtype`.
+
+  On CPU, bfloat16 compute goes to oneDNN where its handlers are available and the CPU has bf16
+  instructions (onednn_conv.available): XLA:CPU's bf16 convolutions ran ResNet-50 at
+  0.92-0.98x its float32 step, oneDNN's bf16 ones at 1.72x (docs/performance.md). Float32
+  stays on 'cpu' (oneDNN's gain there is 1.05-1.36x at +12-56% planned memory: opt-in).
+  """
   if impl not in CONV_IMPLS:
     raise ValueError(f'conv_impl={impl!r}: expected one of {CONV_IMPLS}.')
   on_cpu = jax.default_backend() == 'cpu'
   if impl == 'auto':
-    return 'cpu' if on_cpu else 'xla'
+    if not on_cpu:
+      return 'xla'
+    bf16 = dtype is not None and jnp.dtype(dtype) == jnp.bfloat16
+    return 'onednn' if bf16 and onednn_conv.available(jnp.bfloat16) else 'cpu'
   if impl == 'onednn' and not on_cpu:
     return 'xla'
   return impl
@@ -229,19 +240,19 @@ class Conv(nn.Conv):
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
-    impl = resolve_conv_impl(self.impl)
+    # oneDNN's handlers take float32 or bfloat16 NHWC arrays (onednn_conv.py); else the cpu
+    # lowering.
+    compute = jnp.dtype(self.dtype or jnp.result_type(inputs.dtype, self.param_dtype))
+    impl = resolve_conv_impl(self.impl, compute)
     plain = (
       self.feature_group_count == 1 and self.input_dilation in (None, 1, (1, 1))
       and self.kernel_dilation in (None, 1, (1, 1)) and len(self.kernel_size) == 2
     )
     is_pointwise = plain and tuple(self.kernel_size) == (1, 1) and self.padding in (
       'SAME', 'VALID', 0, ((0, 0), (0, 0)))
-    # oneDNN's handlers take float32 or bfloat16 NHWC arrays (onednn_conv.py); else the cpu
-    # lowering.
-    compute = jnp.dtype(self.dtype or jnp.result_type(inputs.dtype, self.param_dtype))
     on_onednn = (impl == 'onednn' and inputs.ndim == 4
                  and compute in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
-                 and onednn_conv.available())
+                 and onednn_conv.available(compute))
     if impl in ('matmul', 'cpu', 'onednn') and is_pointwise:
       return self._pointwise(inputs, on_onednn)
     padding = _explicit_padding(self.padding)

@@ -29,8 +29,11 @@ from resnet_jax.kernels import onednn
 _TIE_MIN_KERNEL_BYTES = 1 << 16
 
 
-def available() -> bool:
-  """Whether oneDNN's handlers are built and registered on this host (kernels/onednn.py)."""
+def available(dtype=jnp.float32) -> bool:
+  """Whether oneDNN's handlers are built and registered on this host (kernels/onednn.py) and,
+  for bfloat16, whether the CPU has the bf16 instructions that make them fast."""
+  if jnp.dtype(dtype) == jnp.bfloat16:
+    return onednn.status()[0] and onednn.native_bf16()[0]
   return onednn.status()[0]
 
 

@@ -14,6 +14,10 @@ from resnet_jax.models.layers import Conv
 
 needs_onednn = pytest.mark.skipif(
   not onednn_conv.available(), reason=f'oneDNN handlers unavailable: {onednn.status()[1]}')
+# bf16 on oneDNN only where the CPU has bf16 dot products (avx512_bf16, AMX); elsewhere bf16
+# stays on XLA (tested below with the check faked).
+NATIVE_BF16 = onednn_conv.available(jnp.bfloat16)
+needs_native_bf16 = pytest.mark.skipif(not NATIVE_BF16, reason='no native bf16 in oneDNN here')
 
 
 def _rel_err(a, b):
@@ -76,7 +80,7 @@ def _f32(a):
   return a.astype(jnp.float32)
 
 
-@needs_onednn
+@needs_native_bf16
 @pytest.mark.parametrize('threads', [1, 3])
 @pytest.mark.parametrize('kernel, strides, padding', [
   ((3, 3), (1, 1), ((1, 1), (1, 1))), ((3, 3), (2, 2), ((1, 1), (1, 1))),
@@ -155,9 +159,10 @@ def test_the_layer_routes_float32_and_bfloat16_convolutions_to_onednn_and_nothin
     'biased': (dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1))), set()),
     'biased pointwise': (dict(features=4, kernel_size=(1, 1)), {'backward_weights'}),
     'bfloat16': (dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                      dtype=jnp.bfloat16), kxk),
+                      dtype=jnp.bfloat16), kxk if NATIVE_BF16 else set()),
     'bfloat16 pointwise': (dict(features=4, kernel_size=(1, 1), use_bias=False,
-                                dtype=jnp.bfloat16), {'backward_weights'}),
+                                dtype=jnp.bfloat16),
+                           {'backward_weights'} if NATIVE_BF16 else set()),
     'float16': (dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                      dtype=jnp.float16), set()),
   }
@@ -204,15 +209,49 @@ def test_a_train_step_on_a_mesh_splits_the_calls_and_equals_the_cpu_lowering():
   assert onednn.TARGETS['backward_weights'] in hlo
 
 
-def test_without_onednn_the_layer_keeps_the_cpu_lowering(monkeypatch):
-  monkeypatch.setattr(onednn_conv, 'available', lambda: False)
+@needs_native_bf16
+def test_auto_puts_bfloat16_convolutions_on_onednn_and_float32_ones_on_cpu():
+  # XLA:CPU has no bf16 convolution kernels (bf16 ran at ~float32's speed); oneDNN's do.
   fields = dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)), use_bias=False)
+  x = jax.random.normal(jax.random.key(7), (2, 8, 8, 4))
+  for dtype, calls in ((jnp.bfloat16, {'forward', 'backward_data', 'backward_weights'}),
+                       (jnp.float32, set())):
+    layer = Conv(impl='auto', dtype=dtype, **fields)
+    v = layer.init(jax.random.key(0), x)
+    assert _custom_calls(functools.partial(_value_and_grads, layer), v, x) == calls, dtype
+
+
+@pytest.mark.parametrize('impl, dtype', [('onednn', jnp.float32), ('auto', jnp.bfloat16)])
+def test_without_onednn_the_layer_keeps_the_cpu_lowering(monkeypatch, impl, dtype):
+  monkeypatch.setattr(onednn_conv, 'available', lambda *dtype: False)
+  fields = dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                dtype=dtype)
   x = jnp.ones((2, 8, 8, 4))
-  layer, ref = Conv(impl='onednn', **fields), Conv(impl='cpu', **fields)
+  layer, ref = Conv(impl=impl, **fields), Conv(impl='cpu', **fields)
   v = layer.init(jax.random.key(0), x)
   assert not _custom_calls(layer.apply, v, x)
   assert not _custom_calls(lambda v, x: jax.grad(lambda v: layer.apply(v, x).sum())(v), v, x)
   np.testing.assert_array_equal(layer.apply(v, x), ref.apply(v, x))
+
+
+@needs_onednn
+def test_without_native_bf16_bfloat16_stays_on_xla_and_the_trainer_says_why(monkeypatch, caplog):
+  from resnet_jax import train
+  monkeypatch.setattr(onednn, 'native_bf16', lambda: (False, 'oneDNN CPU ISA 0x27 (without '
+                                                             'avx512_bf16)'))
+  fields = dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)), use_bias=False)
+  x = jnp.ones((2, 8, 8, 4))
+  for impl in ('onednn', 'auto'):
+    layer = Conv(impl=impl, dtype=jnp.bfloat16, **fields)
+    v = layer.init(jax.random.key(0), x)
+    assert not _custom_calls(functools.partial(_value_and_grads, layer), v, x), impl
+  float32 = Conv(impl='onednn', **fields)  # float32 is unaffected
+  assert _custom_calls(float32.apply, float32.init(jax.random.key(0), x), x) == {'forward'}
+  with caplog.at_level('INFO'):
+    train._log_onednn('onednn', jnp.bfloat16)
+  assert [r.getMessage() for r in caplog.records] == [
+    'conv_impl=onednn: oneDNN CPU ISA 0x27 (without avx512_bf16): no native bf16 convolutions; '
+    'the convolutions run on conv_impl=cpu instead.']
 
 
 def test_the_handlers_build_wherever_onednn_and_a_compiler_are_installed():
@@ -231,10 +270,14 @@ def test_a_missing_onednn_is_reported_with_how_to_install_it(monkeypatch):
 
 def test_the_trainer_says_whether_onednn_runs_and_why_not(monkeypatch, caplog):
   from resnet_jax import train
-  monkeypatch.setattr(onednn_conv, 'available', lambda: False)
+  monkeypatch.setattr(onednn_conv, 'available', lambda *dtype: False)
   monkeypatch.setattr(onednn, 'status', lambda: (False, 'oneDNN not found (...)'))
   with caplog.at_level('INFO'):
-    train._log_onednn('onednn')
-    train._log_onednn('cpu')  # Nothing to say.
+    train._log_onednn('onednn', jnp.float32)
+    train._log_onednn('cpu', jnp.bfloat16)  # Nothing to say: XLA's asked for.
+    train._log_onednn('auto', jnp.float32)  # Nothing to say: float32 stays on cpu.
+    train._log_onednn('auto', jnp.bfloat16)
   assert [r.getMessage() for r in caplog.records] == [
-    'conv_impl=onednn: oneDNN not found (...); the convolutions run on conv_impl=cpu instead.']
+    'conv_impl=onednn: oneDNN not found (...); the convolutions run on conv_impl=cpu instead.',
+    'conv_impl=auto in bfloat16: oneDNN not found (...); the convolutions run on XLA\'s, which '
+    'have no bfloat16 kernels on CPU (about float32\'s speed).']
