@@ -126,6 +126,8 @@ def _model(args, **variant_fields):
   fields = {'num_classes': args.num_classes, 'dtype': DTYPES[args.dtype],
             'conv_impl': args.conv_impl, **variant_fields}
   if isinstance(fields['dtype'], str):  # A variant's dtype=bfloat16.
+    if fields['dtype'] not in DTYPES:
+      raise ValueError(f"--variant dtype={fields['dtype']!r}: expected one of {sorted(DTYPES)}")
     fields['dtype'] = DTYPES[fields['dtype']]
   return create_model(args.model, **fields)
 

@@ -17,7 +17,6 @@ from absl import logging
 from resnet_jax import checkpoint, data, metrics, optim, parallel, preemption, progressive
 from resnet_jax.data import pipeline
 from resnet_jax.evaluation import create_eval_step, eval_variable_sets, evaluate
-from resnet_jax.kernels import onednn
 from resnet_jax.steps import create_train_state, create_train_step, zero_train_metrics
 from resnet_jax.warm_start import restore_or_init
 
@@ -38,16 +37,14 @@ def create_model_from_config(config: ml_collections.ConfigDict, num_classes: int
 def _log_onednn(conv_impl: str, dtype) -> None:
   """Says whether convolutions meant for oneDNN (conv_impl='onednn', or 'auto' in bfloat16 on
   CPU) run there, and if not why (they fall back)."""
+  from resnet_jax.models import onednn_conv
   if jax.default_backend() != 'cpu':
     return
   bf16_auto = conv_impl == 'auto' and jnp.dtype(dtype) == jnp.bfloat16
   if conv_impl != 'onednn' and not bf16_auto:
     return
   name = 'conv_impl=onednn' if conv_impl == 'onednn' else 'conv_impl=auto in bfloat16'
-  ok, why = onednn.status()  # What onednn_conv.available(dtype) decides from.
-  if ok and jnp.dtype(dtype) == jnp.bfloat16:
-    ok, isa = onednn.native_bf16()
-    why = f'{why}, {isa}' if ok else f'{isa}: no native bf16 convolutions'
+  ok, why = onednn_conv.availability(dtype)
   if ok:
     logging.info('%s: convolutions on oneDNN (%s).', name, why)
   elif conv_impl == 'onednn':

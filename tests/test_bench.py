@@ -82,6 +82,8 @@ def test_xla_variant_errors_name_the_argument():
     bench.main(['train', *TINY, '--xla-variant', 'a=', '--variant', 'b:'])
   with pytest.raises(ValueError, match='NAME:VAR=VALUE'):
     bench.main(['train', *TINY, '--env-variant', 'nocolon'])
+  with pytest.raises(ValueError, match="dtype='float16': expected one of"):
+    bench.main(['train', *TINY, '--variant', 'half:dtype=float16'])
   with pytest.raises(ValueError, match='cannot be combined'):
     bench.main(['train', *TINY, '--env-variant', 'a:', '--xla-variant', 'b='])
 

@@ -29,12 +29,20 @@ from resnet_jax.kernels import onednn
 _TIE_MIN_KERNEL_BYTES = 1 << 16
 
 
+def availability(dtype=jnp.float32) -> tuple[bool, str]:
+  """(whether convolutions of `dtype` run on oneDNN here, what says so or why not): the
+  handlers built and registered (kernels/onednn.py) and, for bfloat16, a CPU with the bf16
+  instructions that make them fast (onednn.native_bf16)."""
+  ok, why = onednn.status()
+  if ok and jnp.dtype(dtype) == jnp.bfloat16:
+    ok, isa = onednn.native_bf16()
+    why = f'{why}, {isa}' if ok else f'{isa}: no native bf16 convolutions'
+  return ok, why
+
+
 def available(dtype=jnp.float32) -> bool:
-  """Whether oneDNN's handlers are built and registered on this host (kernels/onednn.py) and,
-  for bfloat16, whether the CPU has the bf16 instructions that make them fast."""
-  if jnp.dtype(dtype) == jnp.bfloat16:
-    return onednn.status()[0] and onednn.native_bf16()[0]
-  return onednn.status()[0]
+  """Whether convolutions of `dtype` run on oneDNN here (`availability`)."""
+  return availability(dtype)[0]
 
 
 def output_shape(x_shape, kernel_shape, strides, padding) -> tuple[int, ...]:
