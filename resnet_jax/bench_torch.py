@@ -20,6 +20,7 @@ def add_arguments(parser) -> None:
   parser.add_argument('--memory-format', default='channels_last',
                       choices=('channels_last', 'contiguous'),
                       help='channels_last is torch\'s fast CPU layout for convolutions')
+  # bench_train.DTYPES' names, written out: this module imports no JAX (torch's process).
   parser.add_argument('--dtype', default='float32', choices=('bfloat16', 'float32'),
                       help='compute dtype: bfloat16 runs the forward pass and the loss under '
                            'torch.autocast (parameters and BatchNorm stay float32), as '

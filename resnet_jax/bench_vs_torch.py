@@ -16,6 +16,7 @@ import sys
 import tempfile
 
 from resnet_jax import bench
+from resnet_jax.bench_train import DTYPES
 from resnet_jax.models.layers import CONV_IMPLS
 
 # glibc's defaults, stated so that the child's host_malloc re-exec leaves them (its opt-out).
@@ -30,7 +31,7 @@ def add_arguments(parser) -> None:
   parser.add_argument('--batch', type=int, default=16, help='global batch size')
   parser.add_argument('--image-size', type=int, default=224)
   parser.add_argument('--num-classes', type=int, default=1000)
-  parser.add_argument('--dtype', default='float32', choices=('bfloat16', 'float32'),
+  parser.add_argument('--dtype', default='float32', choices=sorted(DTYPES),
                       help='compute dtype of both sides: bfloat16 is our half_precision and '
                            "torch's autocast (parameters float32 on both)")
   parser.add_argument('--steps', type=int, default=5, help='timed steps per run (median)')
