@@ -35,7 +35,8 @@ from resnet_jax.models import onednn_conv
 # matmul:   1x1 convolutions as channel matmuls (a strided 1x1 slices first); others as xla.
 # cpu:      matmul, and stride-1 kxk convolutions with canonical-layout gradient convolutions.
 # onednn:   float32 and bfloat16 (on CPUs with bf16 instructions) kxk convolutions (any stride)
-#           on oneDNN, and 1x1 as matmuls whose kernel gradient is oneDNN's (onednn_conv.py);
+#           on oneDNN, and 1x1 as matmuls whose kernel gradient is oneDNN's (onednn_conv.py),
+#           in bfloat16 wholly on oneDNN;
 #           other convolutions, and all where oneDNN is not available on the host, as cpu;
 #           xla on GPU/TPU (oneDNN's kernels are CPU code), so a CPU recipe that asks for it
 #           runs unchanged on an accelerator.
@@ -254,7 +255,7 @@ class Conv(nn.Conv):
                  and compute in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
                  and onednn_conv.available(compute))
     if impl in ('matmul', 'cpu', 'onednn') and is_pointwise:
-      return self._pointwise(inputs, on_onednn)
+      return self._pointwise(inputs, on_onednn, compute)
     padding = _explicit_padding(self.padding)
     if impl == 'onednn':
       if on_onednn and plain and padding is not None and not self.use_bias:
@@ -281,13 +282,19 @@ class Conv(nn.Conv):
     inputs, kernel = self.promote_dtype(inputs, kernel, dtype=self.dtype)
     return conv_canonical_grads(inputs, kernel, padding, self.precision, self.opaque_copies)
 
-  def _pointwise(self, inputs: jax.Array, on_onednn: bool) -> jax.Array:
+  def _pointwise(self, inputs: jax.Array, on_onednn: bool, compute) -> jax.Array:
     strides = self.strides or (1, 1)
     strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
     # Same name, shape and initialiser as nn.Conv's, so both lowerings share one checkpoint.
     kernel = self.param(
       'kernel', self.kernel_init, (1, 1, inputs.shape[-1], self.features), self.param_dtype
     )
+    if on_onednn and not self.use_bias and compute == jnp.dtype(jnp.bfloat16):
+      # bfloat16: all three products on oneDNN's 1x1 convolution, strided or not, which reads
+      # and writes bf16 directly; a bf16 matmul on YNNPACK only runs fast with float32 results,
+      # then rounded in a pass of its own. ResNet-50 b16 1.06x (median of 5 rounds; bench/
+      # results/onednn_bf16_pointwise_resnet50_b16_2026-12-08.json). Float32 stays on matmuls.
+      return onednn_conv.convolve(inputs.astype(compute), kernel, strides, ((0, 0), (0, 0)))
     if strides != (1, 1):
       # A strided 1x1 convolution reads every s-th pixel: slice, then a stride-1 matmul.
       inputs = inputs[:, :: strides[0], :: strides[1], :]

@@ -1,9 +1,9 @@
 """2-D convolutions on oneDNN's CPU kernels, with gradients, on one device or a 'data' mesh.
 
-`conv_impl='onednn'` (layers.Conv) sends float32 and bfloat16 kxk convolutions here: forward,
-input gradient and kernel gradient each one oneDNN primitive through XLA's FFI
-(resnet_jax/kernels). Values equal XLA's convolution within float32 rounding (the same sums in
-another order; tested to 1e-5 relative). In bfloat16 (`half_precision`) the activations are
+`conv_impl='onednn'` (layers.Conv) sends float32 and bfloat16 kxk convolutions, and bfloat16 1x1
+ones, here: forward, input gradient and kernel gradient each one oneDNN primitive through XLA's
+FFI (resnet_jax/kernels). Values equal XLA's convolution within float32 rounding (the same sums
+in another order; tested to 1e-5 relative). In bfloat16 (`half_precision`) the activations are
 bf16 and oneDNN's bf16 kernels accumulate in float32 (about 2x float32's rate on a CPU with
 avx512_bf16: docs/performance.md); the kernel stays a float32 parameter, rounded to bf16 inside
 the call, and its gradient is returned in float32, unrounded.
@@ -92,8 +92,9 @@ def pointwise(x: jax.Array, kernel: jax.Array, threads: int) -> jax.Array:
   """x @ kernel over the channel axis (a stride-1 1x1 convolution; kernel [in, out]), whose
   kernel gradient is oneDNN's 1x1 convolution backward-weights primitive.
 
-  The forward pass and the input gradient stay XLA's matmuls (YNNPACK's: level with or faster
-  than oneDNN's on ResNet shapes). The kernel gradient as a matmul contracts over every pixel
+  For float32 (layers.Conv sends bfloat16 1x1 convolutions to `conv`). The forward pass and
+  the input gradient stay XLA's matmuls (YNNPACK's: level with or faster than oneDNN's on
+  ResNet shapes). The kernel gradient as a matmul contracts over every pixel
   of the batch, which XLA needs the activation transposed for (layers.pointwise_matmul); oneDNN
   reduces over NHWC as it is. Dtypes as `conv`'s.
   """

@@ -160,9 +160,14 @@ def test_the_layer_routes_float32_and_bfloat16_convolutions_to_onednn_and_nothin
     'biased pointwise': (dict(features=4, kernel_size=(1, 1)), {'backward_weights'}),
     'bfloat16': (dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                       dtype=jnp.bfloat16), kxk if NATIVE_BF16 else set()),
+    # In bf16 all three on oneDNN (a bf16 matmul needs a float32 result and a rounding pass).
     'bfloat16 pointwise': (dict(features=4, kernel_size=(1, 1), use_bias=False,
-                                dtype=jnp.bfloat16),
-                           {'backward_weights'} if NATIVE_BF16 else set()),
+                                dtype=jnp.bfloat16), kxk if NATIVE_BF16 else set()),
+    'bfloat16 strided pointwise': (dict(features=4, kernel_size=(1, 1), strides=(2, 2),
+                                        use_bias=False, dtype=jnp.bfloat16),
+                                   kxk if NATIVE_BF16 else set()),
+    'bfloat16 biased pointwise': (dict(features=4, kernel_size=(1, 1), dtype=jnp.bfloat16),
+                                  {'backward_weights'} if NATIVE_BF16 else set()),
     'float16': (dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                      dtype=jnp.float16), set()),
   }
