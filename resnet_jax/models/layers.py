@@ -289,25 +289,26 @@ class Conv(nn.Conv):
     kernel = self.param(
       'kernel', self.kernel_init, (1, 1, inputs.shape[-1], self.features), self.param_dtype
     )
-    if on_onednn and not self.use_bias and compute == jnp.dtype(jnp.bfloat16):
+    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    if on_onednn and compute == jnp.dtype(jnp.bfloat16):
       # bfloat16: all three products on oneDNN's 1x1 convolution, strided or not, which reads
       # and writes bf16 directly; a bf16 matmul on YNNPACK only runs fast with float32 results,
       # then rounded in a pass of its own. ResNet-50 b16 1.06x (median of 5 rounds; bench/
       # results/onednn_bf16_pointwise_resnet50_b16_2026-12-08.json). Float32 stays on matmuls.
-      return onednn_conv.convolve(inputs.astype(compute), kernel, strides, ((0, 0), (0, 0)))
-    if strides != (1, 1):
-      # A strided 1x1 convolution reads every s-th pixel: slice, then a stride-1 matmul.
-      inputs = inputs[:, :: strides[0], :: strides[1], :]
-    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
-    parameter = kernel
-    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    if on_onednn:  # Its kernel gradient on oneDNN, from the parameter (onednn_conv.pointwise).
-      y = onednn_conv.convolve_pointwise(inputs, parameter[0, 0])
+      y = onednn_conv.convolve(inputs.astype(compute), kernel, strides, ((0, 0), (0, 0)))
     else:
-      y = pointwise_matmul(inputs, kernel[0, 0], self.precision, self.opaque_copies)
+      if strides != (1, 1):
+        # A strided 1x1 convolution reads every s-th pixel: slice, then a stride-1 matmul.
+        inputs = inputs[:, :: strides[0], :: strides[1], :]
+      parameter = kernel
+      inputs, kernel = self.promote_dtype(inputs, kernel, dtype=self.dtype)
+      if on_onednn:  # Its kernel gradient on oneDNN, from the parameter (onednn_conv.pointwise).
+        y = onednn_conv.convolve_pointwise(inputs, parameter[0, 0])
+      else:
+        y = pointwise_matmul(inputs, kernel[0, 0], self.precision, self.opaque_copies)
     if bias is not None:
-      y = y + bias
+      y = y + bias.astype(y.dtype)
     return y
 
 

@@ -94,9 +94,9 @@ def pointwise(x: jax.Array, kernel: jax.Array, threads: int) -> jax.Array:
 
   For float32 (layers.Conv sends bfloat16 1x1 convolutions to `conv`). The forward pass and
   the input gradient stay XLA's matmuls (YNNPACK's: level with or faster than oneDNN's on
-  ResNet shapes). The kernel gradient as a matmul contracts over every pixel
-  of the batch, which XLA needs the activation transposed for (layers.pointwise_matmul); oneDNN
-  reduces over NHWC as it is. Dtypes as `conv`'s.
+  ResNet shapes). The kernel gradient as a matmul contracts over every pixel of the batch,
+  which XLA needs the activation transposed for (layers.pointwise_matmul); oneDNN reduces over
+  NHWC as it is. Dtypes as `conv`'s.
   """
   return _matmul(x, kernel)
 

@@ -167,7 +167,7 @@ def test_the_layer_routes_float32_and_bfloat16_convolutions_to_onednn_and_nothin
                                         use_bias=False, dtype=jnp.bfloat16),
                                    kxk if NATIVE_BF16 else set()),
     'bfloat16 biased pointwise': (dict(features=4, kernel_size=(1, 1), dtype=jnp.bfloat16),
-                                  {'backward_weights'} if NATIVE_BF16 else set()),
+                                  kxk if NATIVE_BF16 else set()),
     'float16': (dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                      dtype=jnp.float16), set()),
   }
