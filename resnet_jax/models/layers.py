@@ -35,11 +35,10 @@ from resnet_jax.models import onednn_conv
 # matmul:   1x1 convolutions as channel matmuls (a strided 1x1 slices first); others as xla.
 # cpu:      matmul, and stride-1 kxk convolutions with canonical-layout gradient convolutions.
 # onednn:   float32 and bfloat16 (on CPUs with bf16 instructions) kxk convolutions (any stride)
-#           on oneDNN, and 1x1 as matmuls whose kernel gradient is oneDNN's (onednn_conv.py),
-#           in bfloat16 wholly on oneDNN;
-#           other convolutions, and all where oneDNN is not available on the host, as cpu;
-#           xla on GPU/TPU (oneDNN's kernels are CPU code), so a CPU recipe that asks for it
-#           runs unchanged on an accelerator.
+#           on oneDNN; 1x1 ones in bfloat16 on oneDNN too, in float32 as matmuls whose kernel
+#           gradient is oneDNN's (onednn_conv.py); other convolutions, and all where oneDNN is
+#           not available on the host, as cpu; xla on GPU/TPU (oneDNN's kernels are CPU code),
+#           so a CPU recipe that asks for it runs unchanged on an accelerator.
 # auto:     cpu on CPU (onednn for bfloat16 compute where oneDNN is available: XLA:CPU has no
 #           bf16 convolution kernels), xla on GPU/TPU.
 CONV_IMPLS = ('auto', 'xla', 'matmul', 'cpu', 'onednn')
